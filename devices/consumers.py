@@ -1,0 +1,99 @@
+"""The device WebSocket: authenticate, register, then hand every frame to the voice session.
+
+Kept thin on purpose: a Channels consumer handles one message at a time, so anything slow here
+would delay every later audio frame and every ``abort`` on the socket. Binary frames are queued by
+the session without awaiting; text frames are parsed and answered at once.
+"""
+from __future__ import annotations
+
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from devices import services
+from voice.protocol import negotiate_binary_version
+from voice.session import CLOSE_REPLACED, SessionConfig, VoiceSession
+
+log = logging.getLogger(__name__)
+
+
+def device_group(device_id: str) -> str:
+    return "device." + device_id.replace(":", "")
+
+
+class DeviceConsumer(AsyncWebsocketConsumer):
+    session: VoiceSession | None = None
+    info: services.ConnectionInfo | None = None
+    group: str | None = None
+    closed = False
+
+    async def connect(self):
+        identity = self.scope["device_identity"]
+        await self.accept()
+        if identity.error_code:
+            log.warning("refused %s from %s: %s", identity.device_id, identity.remote_addr, identity.error_reason)
+            await self.close(code=identity.error_code, reason=identity.error_reason)
+            return
+        version = negotiate_binary_version(identity.protocol_version_header, None)
+        self.info = await database_sync_to_async(services.register_connection)(identity, version)
+        # One live session per device: tell older connections of this device to close.
+        self.group = device_group(identity.device_id)
+        await self.channel_layer.group_send(self.group, {"type": "device.takeover", "channel": self.channel_name})
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        agent = self.info.agent
+        config = SessionConfig.from_settings(
+            device_id=identity.device_id,
+            session_id=self.info.session_id,
+            protocol_version_header=identity.protocol_version_header,
+            activated=self.info.activated,
+            activation_code=self.info.activation_code,
+            voice=agent.get("voice") or None,
+            asr_provider=agent.get("asr_provider") or None,
+            llm_provider=agent.get("llm_provider") or None,
+            tts_provider=agent.get("tts_provider") or None,
+        )
+        if agent.get("system_prompt"):
+            config.system_prompt = agent["system_prompt"]
+        self.session = VoiceSession(self, config, on_turn=self._record_turn)
+        self.session.start()
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.session is None:
+            return
+        if bytes_data is not None:
+            self.session.handle_binary(bytes_data)
+        elif text_data is not None:
+            await self.session.handle_text(text_data)
+
+    async def disconnect(self, code):
+        self.closed = True
+        if self.session:
+            await self.session.close(f"socket closed ({code})")
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.info:
+            await database_sync_to_async(services.close_connection)(self.info.session_pk, f"closed {code}")
+
+    async def device_takeover(self, event):
+        if event["channel"] != self.channel_name and not self.closed:
+            if self.session:
+                await self.session.close("replaced")
+            await self.close(code=CLOSE_REPLACED, reason="replaced by a newer connection of this device")
+
+    # -- the session's transport ---------------------------------------------------------------------------
+    async def send_text(self, text: str) -> None:
+        if not self.closed:
+            await self.send(text_data=text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        if not self.closed:
+            await self.send(bytes_data=data)
+
+    async def close(self, code=None, reason=None):  # noqa: D401 - the session's transport close too
+        if not self.closed:
+            self.closed = True
+            await super().close(code=code, reason=reason)
+
+    async def _record_turn(self, record) -> None:
+        await database_sync_to_async(services.record_turn)(self.info.device_pk, self.info.session_pk, record.as_row())

@@ -1,0 +1,1 @@
+"""The voice pipeline: device protocol, session state machine, pipeline stages and providers."""

@@ -1,0 +1,154 @@
+"""Turns a device's uplink Opus packets into utterances.
+
+Per-session state only (decoder, VAD stream, buffers); the VAD model itself is shared. ``process``
+is blocking and runs on the VAD service's thread, a batch of packets at a time, so the event loop
+never decodes or runs the model. Tiny packets are the firmware's DTX silence: they skip decoding
+and VAD entirely, which makes a quiet listening device almost free.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+
+from voice.audio.opus import OpusDecoder
+from voice.providers.base import VADModel
+
+SAMPLE_RATE = 16000
+CHUNK_MS = 32  # Silero's 512-sample chunk at 16 kHz
+DTX_MAX_BYTES = 3
+PREROLL_PACKETS = 8  # ~0.5 s kept before speech starts so the first syllable is not lost
+MIN_MANUAL_SECONDS = 0.3
+START_CHUNKS = 2  # consecutive voiced chunks that make speech begin (~64 ms)
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    at: float
+
+
+@dataclass(frozen=True)
+class Utterance:
+    pcm: np.ndarray  # float32, 16 kHz mono
+    speech_end: float  # monotonic arrival time of the last packet that carried voice
+    ended_by: str  # "vad", "listen_stop" or "max_length"
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / SAMPLE_RATE
+
+
+class Listener:
+    def __init__(self, vad: VADModel, *, silence_ms: int, threshold: float, max_seconds: float, mode: str = "auto"):
+        self.decoder = OpusDecoder(SAMPLE_RATE, 1)
+        self.vad_stream = vad.new_stream()
+        self.silence_ms = silence_ms
+        self.threshold = threshold
+        self.release_threshold = max(threshold - 0.15, 0.05)
+        self.max_samples = int(max_seconds * SAMPLE_RATE)
+        self.mode = mode
+        self.preroll: collections.deque[np.ndarray] = collections.deque(maxlen=PREROLL_PACKETS)
+        self._reset_utterance()
+
+    def _reset_utterance(self) -> None:
+        self.in_speech = False
+        self.voiced_run = 0
+        self.silent_ms = 0.0
+        self.buffer: list[np.ndarray] = []
+        self.buffered_samples = 0
+        self.last_voice_at = 0.0
+
+    def reset(self, mode: str | None = None) -> None:
+        """Forget any partial utterance (new listen start, barge-in)."""
+        if mode:
+            self.mode = mode
+        self._reset_utterance()
+        self.preroll.clear()
+        self.vad_stream.reset()
+
+    # -- the hot path ------------------------------------------------------------------------------------
+    def process(self, packets: list[tuple[bytes, float]]) -> list[SpeechStarted | Utterance]:
+        events: list[SpeechStarted | Utterance] = []
+        for packet, arrived in packets:
+            if len(packet) <= DTX_MAX_BYTES:
+                self._silence(60.0, events)
+                continue
+            pcm = self.decoder.decode(packet).astype(np.float32) / 32768.0
+            if self.mode == "manual":
+                self._append(pcm)
+                self.last_voice_at = arrived
+                if self.buffered_samples >= self.max_samples:
+                    events.append(self._cut("max_length"))
+                continue
+            probs = self.vad_stream.probabilities(pcm)
+            for p in probs:
+                if p >= self.threshold:
+                    self.voiced_run += 1
+                elif p < self.release_threshold:
+                    self.voiced_run = 0
+            voiced = any(p >= self.threshold for p in probs)
+            if not self.in_speech:
+                self.preroll.append(pcm)
+                if self.voiced_run >= START_CHUNKS:
+                    self._start(arrived, events)
+                continue
+            self._append(pcm)
+            if voiced:
+                self.last_voice_at = arrived
+                self.silent_ms = 0.0
+            elif all(p < self.release_threshold for p in probs):
+                self._count_silence(len(pcm) * 1000 / SAMPLE_RATE, events)
+            if self.in_speech and self.buffered_samples >= self.max_samples:
+                events.append(self._cut("max_length"))
+        return events
+
+    def _start(self, arrived: float, events: list) -> None:
+        self.in_speech = True
+        self.silent_ms = 0.0
+        self.last_voice_at = arrived
+        for pcm in self.preroll:
+            self._append(pcm)
+        self.preroll.clear()
+        events.append(SpeechStarted(arrived))
+
+    def _silence(self, ms: float, events: list) -> None:
+        """A DTX packet: 60 ms of silence, known without decoding or VAD."""
+        silence = np.zeros(int(ms * SAMPLE_RATE / 1000), np.float32)
+        if self.mode == "manual":
+            if self.buffer:
+                self._append(silence)
+            return
+        self.voiced_run = 0
+        if not self.in_speech:
+            self.preroll.append(silence)
+            return
+        self._append(silence)
+        self._count_silence(ms, events)
+
+    def _count_silence(self, ms: float, events: list) -> None:
+        self.silent_ms += ms
+        if self.silent_ms >= self.silence_ms:
+            events.append(self._cut("vad"))
+
+    def _append(self, pcm: np.ndarray) -> None:
+        self.buffer.append(pcm)
+        self.buffered_samples += len(pcm)
+
+    def _cut(self, reason: str) -> Utterance:
+        pcm = np.concatenate(self.buffer) if self.buffer else np.zeros(0, np.float32)
+        utterance = Utterance(pcm, self.last_voice_at, reason)
+        self._reset_utterance()
+        return utterance
+
+    def finish(self) -> Utterance | None:
+        """``listen stop``: hand over what was heard. In manual mode that is everything since
+        ``listen start`` (if long enough to be speech); in auto mode only speech already begun."""
+        if self.mode == "manual":
+            if self.buffered_samples < MIN_MANUAL_SECONDS * SAMPLE_RATE:
+                self._reset_utterance()
+                return None
+            return self._cut("listen_stop")
+        if self.in_speech:
+            return self._cut("listen_stop")
+        return None

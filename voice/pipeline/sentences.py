@@ -1,0 +1,72 @@
+"""Cuts a streamed LLM reply into pieces worth synthesising.
+
+Speech can start only when a piece is complete, so the first piece may end at a comma once it has a
+few words (fast first audio); later pieces end at sentence punctuation, where prosody is best. A
+period only ends a sentence when followed by a space or the end of the reply ("3.5" stays whole).
+"""
+from __future__ import annotations
+
+import re
+
+from voice.protocol import strip_emoji
+
+_HARD_ENDS = set("!?。！？；;\n")
+_SOFT_ENDS = set(",，、:：")
+_MARKDOWN = re.compile(r"[*_`#>|~]+")
+_SPACES = re.compile(r"\s+")
+_SPEAKABLE = re.compile(r"[0-9A-Za-z\u00c0-\u024f\u0400-\u04ff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+
+
+def clean_for_speech(text: str) -> str:
+    """Drop markdown marks and emoji that a voice would read aloud or stumble over."""
+    return _SPACES.sub(" ", _MARKDOWN.sub(" ", strip_emoji(text))).strip()
+
+
+def _word_count(text: str) -> int:
+    cjk = len(re.findall(r"[\u3400-\u9fff]", text))
+    return len(text.split()) + cjk // 2
+
+
+class SentenceSplitter:
+    def __init__(self, first_clause_min_words: int = 4, max_chars: int = 240):
+        self.first_clause_min_words = first_clause_min_words
+        self.max_chars = max_chars
+        self._pending = ""
+        self._emitted = 0
+
+    def feed(self, delta: str) -> list[str]:
+        self._pending += delta
+        pieces = []
+        while True:
+            cut = self._find_cut()
+            if cut is None:
+                break
+            piece, self._pending = self._pending[:cut], self._pending[cut:]
+            self._keep(piece, pieces)
+        return pieces
+
+    def flush(self) -> list[str]:
+        pieces: list[str] = []
+        self._keep(self._pending, pieces)
+        self._pending = ""
+        return pieces
+
+    def _keep(self, piece: str, pieces: list[str]) -> None:
+        text = clean_for_speech(piece)
+        if _SPEAKABLE.search(text):
+            pieces.append(text)
+            self._emitted += 1
+
+    def _find_cut(self) -> int | None:
+        text = self._pending
+        for i, ch in enumerate(text):
+            if ch in _HARD_ENDS:
+                return i + 1
+            if ch == "." and i + 1 < len(text) and text[i + 1].isspace():
+                return i + 1
+            if ch in _SOFT_ENDS and self._emitted == 0 and _word_count(text[:i]) >= self.first_clause_min_words:
+                return i + 1
+        if len(text) > self.max_chars:
+            space = text.rfind(" ", 0, self.max_chars)
+            return space if space > 0 else self.max_chars
+        return None

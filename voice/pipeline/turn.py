@@ -1,0 +1,198 @@
+"""One conversation turn: utterance -> ASR -> ``stt`` -> LLM -> sentences -> TTS -> Opus -> pacer.
+
+The LLM and the TTS run as two tasks joined by a small queue, so the second sentence is being
+written while the first is spoken. Every stage's moment is marked relative to the end of speech;
+``TurnRecord`` is filled as the turn goes, so an aborted or failed turn is still recorded with what
+it reached. Whatever happens, an opened reply is closed with ``tts stop`` (by the caller's
+``finally`` for cancellation, here for errors), so the device never hangs in ``speaking``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voice.audio.opus import OpusEncoder
+from voice.audio.resample import resample
+from voice.pipeline.listener import Utterance
+from voice.pipeline.pacer import Pacer
+from voice.pipeline.sentences import SentenceSplitter, clean_for_speech
+from voice.protocol import Llm, Stt, emotion_for, encode, strip_emoji
+from voice.providers.base import ASRProvider, LLMProvider, TTSProvider
+from voice.workers import ServiceBusy, ServiceTimeout
+
+log = logging.getLogger(__name__)
+
+BUSY_REPLY = "Sorry, I am busy right now. Please try again in a moment."
+ERROR_REPLY = "Sorry, something went wrong. Please try again."
+MARKS = ("asr_done", "llm_first_token", "first_sentence", "tts_first_audio", "first_audio_sent")
+
+
+@dataclass
+class TurnRecord:
+    speech_end: float  # loop time
+    speech_end_wall: float  # time.time() of the same moment
+    user_text: str = ""
+    reply_text: str = ""
+    error: str = ""
+    marks: dict[str, float] = field(default_factory=dict)  # loop times
+    model_seconds: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        self.marks.setdefault(name, at if at is not None else asyncio.get_running_loop().time())
+
+    def as_row(self) -> dict:
+        """Marks in ms after the end of speech, plus model run times, for storage and benchmarks."""
+        from datetime import datetime, timezone
+
+        row = {
+            "user_text": self.user_text,
+            "reply_text": self.reply_text,
+            "error": self.error,
+            "speech_end_at": datetime.fromtimestamp(self.speech_end_wall, tz=timezone.utc),
+            "timings": {f"{k}_model_ms": round(v * 1000, 1) for k, v in self.model_seconds.items()},
+        }
+        for name in MARKS:
+            at = self.marks.get(name)
+            row[f"{name}_ms"] = None if at is None else round((at - self.speech_end) * 1000, 1)
+        return row
+
+
+@dataclass
+class TurnDeps:
+    """What a turn needs from its session: shared providers and services, per-session state."""
+
+    services: dict
+    asr: ASRProvider
+    llm: LLMProvider
+    tts: TTSProvider
+    pacer: Pacer
+    send_text: object  # async callable(str)
+    output_rate: int
+    system_prompt: str
+    voice: str | None
+    history: deque  # (user, assistant) pairs, bounded by maxlen
+
+
+class _Encoder:
+    """Resample + Opus-encode on the TTS worker thread, so the loop only forwards finished frames."""
+
+    def __init__(self, tts: TTSProvider, output_rate: int):
+        self.tts = tts
+        self.output_rate = output_rate
+
+    def frames(self, text: str, voice: str | None):
+        encoder = OpusEncoder(self.output_rate, 60)
+        for chunk in self.tts.synthesize(text, voice):
+            pcm = resample(np.asarray(chunk, dtype=np.int16), self.tts.sample_rate, self.output_rate)
+            frames = encoder.encode(pcm)
+            if frames:
+                yield frames
+        tail = encoder.flush()
+        if tail:
+            yield tail
+
+
+async def speak(deps: TurnDeps, text: str, record: TurnRecord | None = None) -> None:
+    """Say a fixed sentence (busy notice, apology, activation prompt) as a complete reply."""
+    if not deps.pacer.reply_open:
+        await deps.pacer.begin()
+    await _synthesize_into_pacer(deps, text, record)
+    await deps.pacer.end()
+    await deps.pacer.wait_stopped()
+
+
+async def _synthesize_into_pacer(deps: TurnDeps, text: str, record: TurnRecord | None) -> None:
+    await deps.pacer.sentence(text)
+    started = time.monotonic()
+    first = True
+    async for frames in deps.services["tts"].stream(_Encoder(deps.tts, deps.output_rate).frames, text, deps.voice):
+        if first and record is not None:
+            record.mark("tts_first_audio")
+            record.model_seconds.setdefault("tts_first_audio", time.monotonic() - started)
+        first = False
+        for frame in frames:
+            await deps.pacer.audio(frame)
+
+
+async def run_turn(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None:
+    try:
+        await _run(deps, utterance, record)
+    except ServiceBusy as exc:
+        record.error = f"busy: {exc}"
+        log.warning("turn refused: %s", exc)
+        await _apologise(deps, BUSY_REPLY)
+    except (ServiceTimeout, Exception) as exc:  # noqa: BLE001 - any failure ends the turn cleanly
+        record.error = f"{type(exc).__name__}: {exc}"
+        log.warning("turn failed: %s", record.error, exc_info=not isinstance(exc, ServiceTimeout))
+        await _apologise(deps, ERROR_REPLY)
+
+
+async def _apologise(deps: TurnDeps, text: str) -> None:
+    try:
+        await asyncio.wait_for(speak(deps, text), timeout=10)
+    except Exception as exc:  # noqa: BLE001 - TTS itself may be what failed
+        log.warning("could not speak the apology: %s", exc)
+        await deps.pacer.interrupt()
+
+
+async def _run(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None:
+    started = time.monotonic()
+    text = await deps.services["asr"].call(deps.asr.transcribe, utterance.pcm)
+    record.model_seconds["asr"] = time.monotonic() - started
+    record.mark("asr_done")
+    text = strip_emoji(text or "").strip()
+    record.user_text = text
+    if not clean_for_speech(text):
+        return  # nothing intelligible: keep listening, say nothing
+    await deps.send_text(encode(Stt(text)))
+    await deps.pacer.begin()
+
+    sentences: asyncio.Queue = asyncio.Queue(maxsize=8)
+    reply_parts: list[str] = []
+    producer = asyncio.create_task(_write_reply(deps, text, record, sentences, reply_parts), name="llm")
+    try:
+        while (sentence := await sentences.get()) is not None:
+            if "first_sentence" not in record.marks:
+                record.mark("first_sentence")
+                emotion, emoji = emotion_for("".join(reply_parts))
+                await deps.pacer.text(encode(Llm(emotion, emoji)))
+            await _synthesize_into_pacer(deps, sentence, record)
+        await producer  # re-raises an LLM failure
+    finally:
+        producer.cancel()
+    record.reply_text = "".join(reply_parts).strip()
+    await deps.pacer.end()
+    await deps.pacer.wait_stopped()
+    if deps.pacer.first_audio_at is not None:
+        record.mark("first_audio_sent", deps.pacer.first_audio_at)
+    deps.history.append((text, record.reply_text))
+
+
+async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: asyncio.Queue, parts: list[str]) -> None:
+    messages = [{"role": "system", "content": deps.system_prompt}]
+    for user, assistant in deps.history:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": user_text})
+    splitter = SentenceSplitter()
+    cancel = threading.Event()
+    started = time.monotonic()
+    try:
+        async for delta in deps.services["llm"].stream(deps.llm.stream, messages, cancel, cancel=cancel):
+            if "llm_first_token" not in record.marks:
+                record.mark("llm_first_token")
+                record.model_seconds["llm_first_token"] = time.monotonic() - started
+            parts.append(delta)
+            for sentence in splitter.feed(delta):
+                await out.put(sentence)
+        for sentence in splitter.flush():
+            await out.put(sentence)
+        record.model_seconds["llm_total"] = time.monotonic() - started
+    finally:
+        cancel.set()
+        await out.put(None)

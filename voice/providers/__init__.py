@@ -1,0 +1,1 @@
+"""Model and service providers behind the interfaces of ``base``; built once per process by ``registry``."""

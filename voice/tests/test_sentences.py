@@ -1,0 +1,39 @@
+from voice.pipeline.sentences import SentenceSplitter, clean_for_speech
+
+
+def feed_all(splitter, deltas):
+    out = []
+    for d in deltas:
+        out += splitter.feed(d)
+    return out + splitter.flush()
+
+
+def test_first_piece_is_cut_at_a_comma_once_it_has_a_few_words():
+    pieces = feed_all(SentenceSplitter(), ["Well, the weather", " today is sunny, warm", " and calm. See", " you later!"])
+    assert pieces == ["Well, the weather today is sunny,", "warm and calm.", "See you later!"]
+
+
+def test_later_pieces_wait_for_sentence_punctuation():
+    pieces = feed_all(SentenceSplitter(), ["One two three four, five. ", "Six, seven, eight nine ten, eleven."])
+    assert pieces == ["One two three four,", "five.", "Six, seven, eight nine ten, eleven."]
+
+
+def test_a_decimal_point_does_not_end_a_sentence():
+    assert feed_all(SentenceSplitter(), ["It costs 3", ".5 dollars. Cheap"]) == ["It costs 3.5 dollars.", "Cheap"]
+
+
+def test_chinese_punctuation_ends_sentences():
+    assert feed_all(SentenceSplitter(), ["你好！今天天气", "很好。"]) == ["你好！", "今天天气很好。"]
+
+
+def test_pieces_without_speakable_text_are_dropped():
+    assert feed_all(SentenceSplitter(), ["Hi! 😊 ... ", "**"]) == ["Hi!"]
+
+
+def test_a_run_on_reply_is_cut_before_it_grows_unbounded():
+    pieces = feed_all(SentenceSplitter(max_chars=40), ["word " * 30])
+    assert all(len(p) <= 40 for p in pieces) and " ".join(pieces).split() == ["word"] * 30
+
+
+def test_markdown_and_emoji_are_not_read_aloud():
+    assert clean_for_speech("**Sure!** 😀 Here is `code`") == "Sure! Here is code"

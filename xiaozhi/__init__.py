@@ -1,0 +1,1 @@
+"""Django project package: settings, ASGI/URL routing and the Celery app."""

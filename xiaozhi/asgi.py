@@ -1,0 +1,32 @@
+"""ASGI entry point served by Daphne: HTTP (OTA, admin, static) and the device WebSocket.
+
+Django must be set up (``get_asgi_application``) before the consumers are imported. Models are
+loaded and warmed here, before the first connection is accepted, so the first turn after start is
+as fast as the tenth.
+"""
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xiaozhi.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from devices.auth import DeviceAuthMiddleware  # noqa: E402
+from devices.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "websocket": DeviceAuthMiddleware(URLRouter(websocket_urlpatterns)),
+    }
+)
+
+if settings.XIAOZHI_PRELOAD_MODELS:
+    from voice.providers.registry import preload
+
+    preload()

@@ -1,0 +1,167 @@
+"""All settings, in one place, read from the environment.
+
+With no environment set this is the embedded default: SQLite, the in-memory channel layer, a
+local-memory cache and in-process voice workers. ``DATABASE_URL`` switches to MySQL (utf8mb4) and
+``REDIS_URL`` to Redis for the channel layer and cache. Voice-service limits come from
+``performance.yaml`` (see ``voice/conf.py``); the checks in ``xiaozhi/checks.py`` validate both at start.
+"""
+from pathlib import Path
+
+from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("XIAOZHI_DATA_DIR", str(BASE_DIR / "data")))
+
+SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["*"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "devices",
+    "voice",
+    "monitoring",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "xiaozhi.urls"
+ASGI_APPLICATION = "xiaozhi.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# --- Storage: SQLite by default, MySQL with DATABASE_URL -------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {"default": database_from_url(DATABASE_URL)}
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("SQLITE_PATH", str(DATA_DIR / "db.sqlite3")),
+            # Several writers (one per device session) share the file: wait instead of failing.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer and cache: in memory by default, Redis with REDIS_URL ----------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "xiaozhi")},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "xiaozhi",
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL or "cache+memory://")
+CELERY_TASK_ALWAYS_EAGER = not REDIS_URL and not env_str("CELERY_BROKER_URL")
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+}
+
+# --- Devices: OTA, handshake auth, activation ----------------------------------------------------------
+# The WebSocket URL handed to devices by the OTA endpoint; empty = derived from the OTA request's host.
+XIAOZHI_WEBSOCKET_URL = env_str("XIAOZHI_WEBSOCKET_URL")
+# Binary framing (1, 2 or 3) the OTA tells devices to use on the socket.
+XIAOZHI_BINARY_PROTOCOL_VERSION = env_int("XIAOZHI_BINARY_PROTOCOL_VERSION", 1, 1, 3)
+XIAOZHI_AUTH_ENABLED = env_bool("XIAOZHI_AUTH_ENABLED", False)
+XIAOZHI_AUTH_SECRET = env_str("XIAOZHI_AUTH_SECRET", SECRET_KEY)
+XIAOZHI_TOKEN_TTL_SECONDS = env_int("XIAOZHI_TOKEN_TTL_SECONDS", 30 * 24 * 3600, 60)
+XIAOZHI_ALLOWED_DEVICES = [d.lower().replace("-", ":") for d in env_list("XIAOZHI_ALLOWED_DEVICES")]
+XIAOZHI_ACTIVATION_REQUIRED = env_bool("XIAOZHI_ACTIVATION_REQUIRED", False)
+XIAOZHI_ACTIVATION_CODE_TTL_SECONDS = env_int("XIAOZHI_ACTIVATION_CODE_TTL_SECONDS", 24 * 3600, 60)
+XIAOZHI_ACTIVATION_URL = env_str("XIAOZHI_ACTIVATION_URL", "the admin console")
+XIAOZHI_TIMEZONE_OFFSET_MINUTES = env_int("XIAOZHI_TIMEZONE_OFFSET_MINUTES", 0, -720, 840)
+
+# --- Voice sessions -------------------------------------------------------------------------------------
+XIAOZHI_OUTPUT_SAMPLE_RATE = env_int("XIAOZHI_OUTPUT_SAMPLE_RATE", 24000)
+XIAOZHI_HELLO_TIMEOUT_SECONDS = env_float("XIAOZHI_HELLO_TIMEOUT_SECONDS", 10.0, 0.1)
+XIAOZHI_IDLE_TIMEOUT_SECONDS = env_float("XIAOZHI_IDLE_TIMEOUT_SECONDS", 120.0, 1.0)
+XIAOZHI_UNBOUND_SESSION_SECONDS = env_float("XIAOZHI_UNBOUND_SESSION_SECONDS", 180.0, 1.0)
+XIAOZHI_VAD_SILENCE_MS = env_int("XIAOZHI_VAD_SILENCE_MS", 500, 100, 5000)
+XIAOZHI_VAD_THRESHOLD = env_float("XIAOZHI_VAD_THRESHOLD", 0.5, 0.0)
+XIAOZHI_MAX_UTTERANCE_SECONDS = env_float("XIAOZHI_MAX_UTTERANCE_SECONDS", 30.0, 1.0)
+XIAOZHI_HISTORY_TURNS = env_int("XIAOZHI_HISTORY_TURNS", 6, 0, 100)
+XIAOZHI_PACER_LEAD_FRAMES = env_int("XIAOZHI_PACER_LEAD_FRAMES", 2, 0, 10)
+XIAOZHI_SYSTEM_PROMPT = env_str(
+    "XIAOZHI_SYSTEM_PROMPT",
+    "You are Xiaozhi, a friendly voice assistant. Answer in one or two short sentences.",
+)
+
+# --- Providers (the bundled offline models by default) -----------------------------------------------
+XIAOZHI_VAD_PROVIDER = env_str("XIAOZHI_VAD_PROVIDER", "silero")
+XIAOZHI_ASR_PROVIDER = env_str("XIAOZHI_ASR_PROVIDER", "whisper")
+XIAOZHI_LLM_PROVIDER = env_str("XIAOZHI_LLM_PROVIDER", "smollm2")
+XIAOZHI_TTS_PROVIDER = env_str("XIAOZHI_TTS_PROVIDER", "piper")
+XIAOZHI_LLM_BASE_URL = env_str("XIAOZHI_LLM_BASE_URL")
+XIAOZHI_LLM_API_KEY = env_str("XIAOZHI_LLM_API_KEY")
+XIAOZHI_LLM_MODEL = env_str("XIAOZHI_LLM_MODEL")
+XIAOZHI_LLM_MAX_TOKENS = env_int("XIAOZHI_LLM_MAX_TOKENS", 80, 8, 4096)
+XIAOZHI_MODEL_THREADS = env_int("XIAOZHI_MODEL_THREADS", 2, 1, 64)
+# Load and warm every configured model when the server starts (off in most tests, which load lazily).
+XIAOZHI_PRELOAD_MODELS = env_bool("XIAOZHI_PRELOAD_MODELS", True)
+XIAOZHI_PERFORMANCE_FILE = env_str("XIAOZHI_PERFORMANCE_FILE", str(BASE_DIR / "performance.yaml"))
+XIAOZHI_PERFORMANCE_OVERRIDES = env_str("XIAOZHI_PERFORMANCE_OVERRIDES", str(DATA_DIR / ".performance.yaml"))
