@@ -1,0 +1,117 @@
+"""Devices, the agent configuration they talk to, their connections and their conversation turns."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models, transaction
+
+ASR_CHOICES = [("", "Server default"), ("whisper", "Whisper"), ("funasr", "FunASR"), ("fake", "Fake (tests)")]
+LLM_CHOICES = [
+    ("", "Server default"), ("smollm2", "SmolLM2"), ("openai", "OpenAI-compatible"), ("fake", "Fake (tests)"),
+]
+TTS_CHOICES = [("", "Server default"), ("piper", "Piper"), ("edge", "Edge TTS"), ("fake", "Fake (tests)")]
+
+
+def default_session_config(agent: AgentConfig | None = None) -> dict:
+    """What a voice session uses; blank agent fields fall back to the server-wide settings."""
+    return {
+        "system_prompt": (agent and agent.system_prompt) or settings.XIAOZHI_SYSTEM_PROMPT,
+        "voice": (agent and agent.voice) or "",
+        "asr_provider": (agent and agent.asr_provider) or settings.XIAOZHI_ASR_PROVIDER,
+        "llm_provider": (agent and agent.llm_provider) or settings.XIAOZHI_LLM_PROVIDER,
+        "tts_provider": (agent and agent.tts_provider) or settings.XIAOZHI_TTS_PROVIDER,
+        "llm_model": (agent and agent.llm_model) or settings.XIAOZHI_LLM_MODEL,
+    }
+
+
+class AgentConfig(models.Model):
+    """A persona: prompt, voice and providers. Blank fields mean "use the server default"."""
+
+    name = models.CharField(max_length=100, unique=True)
+    system_prompt = models.TextField(blank=True, help_text="Blank = the server's XIAOZHI_SYSTEM_PROMPT.")
+    voice = models.CharField(max_length=100, blank=True, help_text="TTS voice name; blank = the provider's default.")
+    asr_provider = models.CharField(max_length=20, blank=True, choices=ASR_CHOICES)
+    llm_provider = models.CharField(max_length=20, blank=True, choices=LLM_CHOICES)
+    tts_provider = models.CharField(max_length=20, blank=True, choices=TTS_CHOICES)
+    llm_model = models.CharField(max_length=200, blank=True, help_text="Blank = the server's XIAOZHI_LLM_MODEL.")
+    is_default = models.BooleanField(default=False, help_text="Used by devices that have no agent of their own.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs):
+        # Only one default agent, or which one a device gets would depend on query order.
+        with transaction.atomic():
+            if self.is_default:
+                AgentConfig.objects.filter(is_default=True).exclude(pk=self.pk).update(is_default=False)
+            super().save(*args, **kwargs)
+
+    def session_config(self) -> dict:
+        return default_session_config(self)
+
+
+class Device(models.Model):
+    device_id = models.CharField(max_length=64, unique=True, help_text="MAC address, lower case with ':'.")
+    client_id = models.CharField(max_length=128, blank=True)
+    board = models.CharField(max_length=100, blank=True)
+    firmware_version = models.CharField(max_length=64, blank=True)
+    activated = models.BooleanField(default=False)
+    activation_code = models.CharField(max_length=6, blank=True, db_index=True)
+    activation_code_expires_at = models.DateTimeField(null=True, blank=True)
+    agent = models.ForeignKey(AgentConfig, null=True, blank=True, on_delete=models.SET_NULL, related_name="devices")
+    online = models.BooleanField(default=False, db_index=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["device_id"]
+
+    def __str__(self) -> str:
+        return self.device_id
+
+
+class DeviceSession(models.Model):
+    """One WebSocket connection, kept so overlapping reconnects can be told apart."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="sessions")
+    session_id = models.UUIDField(unique=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    remote_addr = models.CharField(max_length=64, blank=True)
+    protocol_version = models.PositiveSmallIntegerField(default=1)
+    close_reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["device", "ended_at"], name="devices_session_open_idx")]
+
+    def __str__(self) -> str:
+        return str(self.session_id)
+
+
+class Turn(models.Model):
+    """One user utterance and its reply, with latency marks in ms after the end of speech."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="turns")
+    session = models.ForeignKey(DeviceSession, null=True, blank=True, on_delete=models.SET_NULL, related_name="turns")
+    user_text = models.TextField(blank=True)
+    reply_text = models.TextField(blank=True)
+    error = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    speech_end_at = models.DateTimeField(null=True, blank=True)
+    asr_done_ms = models.FloatField(null=True, blank=True)
+    llm_first_token_ms = models.FloatField(null=True, blank=True)
+    first_sentence_ms = models.FloatField(null=True, blank=True)
+    tts_first_audio_ms = models.FloatField(null=True, blank=True)
+    first_audio_sent_ms = models.FloatField(null=True, blank=True)
+    timings = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.device} @ {self.created_at:%Y-%m-%d %H:%M:%S}" if self.created_at else str(self.device)

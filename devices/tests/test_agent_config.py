@@ -1,0 +1,35 @@
+import pytest
+
+from devices.models import AgentConfig, default_session_config
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def server_defaults(settings):
+    settings.XIAOZHI_SYSTEM_PROMPT = "Server prompt"
+    settings.XIAOZHI_ASR_PROVIDER, settings.XIAOZHI_LLM_PROVIDER = "whisper", "smollm2"
+    settings.XIAOZHI_TTS_PROVIDER, settings.XIAOZHI_LLM_MODEL = "piper", ""
+
+
+def test_without_an_agent_the_session_uses_the_server_defaults():
+    assert default_session_config() == {
+        "system_prompt": "Server prompt", "voice": "", "asr_provider": "whisper",
+        "llm_provider": "smollm2", "tts_provider": "piper", "llm_model": "",
+    }
+
+
+def test_blank_agent_fields_fall_back_to_the_server_defaults():
+    agent = AgentConfig(name="Mixed", voice="zh_CN-huayan", tts_provider="edge", llm_model="gpt-4o-mini")
+    assert agent.session_config() == {
+        "system_prompt": "Server prompt", "voice": "zh_CN-huayan", "asr_provider": "whisper",
+        "llm_provider": "smollm2", "tts_provider": "edge", "llm_model": "gpt-4o-mini",
+    }
+
+
+def test_only_one_agent_is_the_default():
+    first = AgentConfig.objects.create(name="First", is_default=True)
+    AgentConfig.objects.create(name="Second", is_default=True)
+    first.refresh_from_db()
+    assert not first.is_default
+    assert list(AgentConfig.objects.filter(is_default=True).values_list("name", flat=True)) == ["Second"]
