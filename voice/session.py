@@ -250,10 +250,7 @@ class VoiceSession:
         turn, self._turn = self._turn, None
         if turn and not turn.done():
             turn.cancel()
-            try:
-                await turn
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({turn}, timeout=1.0)  # never let a slow unwind delay the stop
         await self.pacer.interrupt()
         self.listener.reset()
         self._pending.clear()

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,13 +112,15 @@ async def _synthesize_into_pacer(deps: TurnDeps, text: str, record: TurnRecord |
     await deps.pacer.sentence(text)
     started = time.monotonic()
     first = True
-    async for frames in deps.services["tts"].stream(_Encoder(deps.tts, deps.output_rate).frames, text, deps.voice):
-        if first and record is not None:
-            record.mark("tts_first_audio")
-            record.model_seconds.setdefault("tts_first_audio", time.monotonic() - started)
-        first = False
-        for frame in frames:
-            await deps.pacer.audio(frame)
+    stream = deps.services["tts"].stream(_Encoder(deps.tts, deps.output_rate).frames, text, deps.voice)
+    async with aclosing(stream):  # closed at once on abort, so the worker thread is freed
+        async for frames in stream:
+            if first and record is not None:
+                record.mark("tts_first_audio")
+                record.model_seconds.setdefault("tts_first_audio", time.monotonic() - started)
+            first = False
+            for frame in frames:
+                await deps.pacer.audio(frame)
 
 
 async def run_turn(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None:
@@ -135,7 +138,8 @@ async def run_turn(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> 
 
 async def _apologise(deps: TurnDeps, text: str) -> None:
     try:
-        await asyncio.wait_for(speak(deps, text), timeout=10)
+        async with asyncio.timeout(10):
+            await speak(deps, text)
     except Exception as exc:  # noqa: BLE001 - TTS itself may be what failed
         log.warning("could not speak the apology: %s", exc)
         await deps.pacer.interrupt()
@@ -182,14 +186,16 @@ async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: 
     splitter = SentenceSplitter()
     cancel = threading.Event()
     started = time.monotonic()
+    stream = deps.services["llm"].stream(deps.llm.stream, messages, cancel, cancel=cancel)
     try:
-        async for delta in deps.services["llm"].stream(deps.llm.stream, messages, cancel, cancel=cancel):
-            if "llm_first_token" not in record.marks:
-                record.mark("llm_first_token")
-                record.model_seconds["llm_first_token"] = time.monotonic() - started
-            parts.append(delta)
-            for sentence in splitter.feed(delta):
-                await out.put(sentence)
+        async with aclosing(stream):
+            async for delta in stream:
+                if "llm_first_token" not in record.marks:
+                    record.mark("llm_first_token")
+                    record.model_seconds["llm_first_token"] = time.monotonic() - started
+                parts.append(delta)
+                for sentence in splitter.feed(delta):
+                    await out.put(sentence)
         for sentence in splitter.flush():
             await out.put(sentence)
         record.model_seconds["llm_total"] = time.monotonic() - started

@@ -129,8 +129,10 @@ class LocalService:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._run_admitted, admission, fn, args)
         try:
-            return await asyncio.wait_for(future, timeout or self.limits.timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (abort).
+            async with asyncio.timeout(timeout or self.limits.timeout):
+                return await future
+        except TimeoutError:
             self._count_timeout()
             raise ServiceTimeout(f"{self.name} call took longer than {timeout or self.limits.timeout:.1f} s") from None
 
@@ -175,8 +177,9 @@ class LocalService:
             while True:
                 limit = min(deadline, first_deadline) if first else deadline
                 try:
-                    item, exc = await asyncio.wait_for(items.get(), max(limit - loop.time(), 0.001))
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout_at(limit):
+                        item, exc = await items.get()
+                except TimeoutError:
                     self._count_timeout()
                     what = "first result" if first else "stream"
                     raise ServiceTimeout(f"{self.name} {what} took too long") from None

@@ -1,0 +1,144 @@
+"""Spoken turns over a real WebSocket to the real ASGI app, on the bundled models."""
+import pytest
+
+from devices.models import Turn
+from voice.audio.opus import OpusDecoder
+
+pytestmark = [pytest.mark.models, pytest.mark.django_db(transaction=True)]
+
+QUESTION = "What is the capital of France?"
+
+
+def decoded_seconds(frames, rate):
+    decoder = OpusDecoder(rate, 1)
+    samples = sum(len(decoder.decode(f)) for f in frames)
+    assert decoder.errors == 0
+    return samples / rate
+
+
+async def test_auto_mode_turn_is_heard_answered_and_closed_with_tts_stop(connect_device, say):
+    device = await connect_device()
+    assert device.server_hello.transport == "websocket" and device.server_hello.session_id
+    result = await device.turn(say(QUESTION), mode="auto")
+    assert "capital" in result.stt.lower() and "france" in result.stt.lower()
+    states = [e.message.state for e in result.events if getattr(e.message, "state", None) in ("start", "stop")]
+    assert states == ["start", "stop"]
+    first_audio = next(i for i, e in enumerate(result.events) if e.kind == "audio")
+    tts_start = next(i for i, e in enumerate(result.events) if getattr(e.message, "state", None) == "start")
+    assert tts_start < first_audio
+    assert decoded_seconds(result.audio, device.server_hello.audio_params.sample_rate) >= 1.0
+    assert result.sentences and result.emotion
+    await device.close()
+    turn = await Turn.objects.select_related("device").aget()
+    assert turn.device.device_id == device.device_id
+    assert "capital" in turn.user_text.lower() and turn.reply_text
+    assert 0 < turn.asr_done_ms < turn.llm_first_token_ms < turn.first_sentence_ms <= turn.tts_first_audio_ms <= turn.first_audio_sent_ms
+
+
+async def test_manual_mode_answers_on_listen_stop(connect_device, say):
+    device = await connect_device()
+    result = await device.turn(say("Tell me a joke."), mode="manual")
+    assert "joke" in result.stt.lower()
+    assert result.audio and result.stopped
+    await device.close()
+
+
+async def test_manual_mode_ignores_a_press_too_short_to_be_speech(connect_device, say):
+    device = await connect_device()
+    await device.listen("start", "manual")
+    await device.stream(say(QUESTION)[:3])
+    await device.listen("stop")
+    with pytest.raises(TimeoutError):
+        await device.wait_for(lambda e: e.kind == "json" and not hasattr(e.message, "session_id"), 1.5, since=1)
+    await device.close()
+
+
+async def test_abort_in_the_middle_of_an_answer_stops_it_once_and_keeps_the_socket(connect_device, say):
+    device = await connect_device()
+    await device.listen("start", "manual")
+    await device.stream(say("Tell me a long story about a dragon."))
+    await device.listen("stop")
+    await device.wait_for(lambda e: e.kind == "audio", 20)
+    await device.abort()
+    stop = await device.wait_for(lambda e: getattr(e.message, "state", None) == "stop", 2)
+    index = device.events.index(stop)
+    import asyncio
+
+    await asyncio.sleep(0.5)
+    after = device.events[index + 1:]
+    assert not [e for e in after if e.kind == "audio"], "audio kept coming after tts stop"
+    assert [getattr(e.message, "state", None) for e in device.events].count("stop") == 1
+    # the socket is still good for another turn
+    again = await device.turn(say(QUESTION), mode="manual")
+    assert again.audio and again.stopped
+    await device.close()
+    aborted = await Turn.objects.filter(error="aborted").acount()
+    assert aborted == 1
+
+
+async def test_speech_while_speaking_in_realtime_mode_is_barge_in(connect_device, say):
+    device = await connect_device()
+    await device.listen("start", "realtime")
+    await device.stream(say("Tell me a long story about a dragon."))
+    from voice.simulated_device import silence_frames
+
+    await device.stream(silence_frames(10))
+    await device.wait_for(lambda e: e.kind == "audio", 20)
+    # the user talks over the answer
+    result = await device.turn(say(QUESTION), mode="realtime", send_listen_start=False)
+    states = [getattr(e.message, "state", None) for e in result.events]
+    assert states.count("stop") >= 1
+    first_stop = states.index("stop")
+    assert result.stt and "capital" in result.stt.lower(), "the interrupting question was answered"
+    assert any(e.kind == "audio" for e in result.events[first_stop:])
+    await device.close()
+
+
+async def test_a_second_connection_of_the_same_device_replaces_the_first(connect_device, say):
+    first = await connect_device("aa:bb:cc:dd:ee:01")
+    second = await connect_device("AA-BB-CC-DD-EE-01")
+    assert await first.wait_closed(5) == 4409
+    result = await second.turn(say(QUESTION), mode="manual")
+    assert result.audio and result.stopped
+    await second.close()
+
+
+async def test_a_bad_token_is_refused_before_anything_runs(connect_device, settings):
+    settings.XIAOZHI_AUTH_ENABLED = True
+    device = await connect_device("aa:bb:cc:dd:ee:02", token="not-a-valid-token")
+    assert device.server_hello is None
+    assert device.close_code == 4401
+
+
+async def test_a_token_issued_by_the_ota_is_accepted(connect_device, settings):
+    from devices.tokens import issue_token
+
+    settings.XIAOZHI_AUTH_ENABLED = True
+    device_id = "aa:bb:cc:dd:ee:03"
+    probe = await connect_device(device_id, hello=False)  # learn the client id the simulator uses
+    token = issue_token(probe.client_id, device_id)
+    await probe.close()
+    from voice.simulated_device import SimulatedDevice  # noqa: F401
+
+    good = await connect_device(device_id, headers={"Device-Id": device_id, "Client-Id": probe.client_id,
+                                                    "Authorization": f"Bearer {token}"})
+    assert good.server_hello is not None
+    await good.close()
+
+
+async def test_a_missing_device_id_is_refused(connect_device):
+    device = await connect_device(headers={"Client-Id": "x"})
+    assert device.server_hello is None and device.close_code == 4400
+
+
+async def test_no_hello_closes_the_socket(connect_device, settings):
+    settings.XIAOZHI_HELLO_TIMEOUT_SECONDS = 0.3
+    device = await connect_device(hello=False)
+    assert await device.wait_closed(3) == 4408
+
+
+async def test_a_session_with_no_voice_is_closed(connect_device, settings):
+    settings.XIAOZHI_IDLE_TIMEOUT_SECONDS = 1.0
+    device = await connect_device()
+    await device.listen("start", "auto")
+    assert await device.wait_closed(5) == 4000
