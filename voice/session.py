@@ -175,7 +175,7 @@ class VoiceSession:
             self.counters[f"bad_text:{exc.kind}"] += 1
             log.info("device %s sent a bad message (%s): %s", self.config.device_id, exc.kind, exc)
             if exc.kind == "too_large":
-                await self._close_socket(CLOSE_TOO_BIG, "message too large")
+                self._count_bad_frame(exc)
             return
         if isinstance(message, Hello):
             await self._on_hello(message)
@@ -198,10 +198,7 @@ class VoiceSession:
             frame = self.framing.decode(data)
         except FrameError as exc:
             self.counters[f"bad_frame:{exc.kind}"] += 1
-            self._bad_frames += 1
-            if self._bad_frames >= MAX_BAD_FRAMES:
-                code = CLOSE_TOO_BIG if exc.kind == "too_large" else CLOSE_BAD_DATA
-                self._spawn(self._close_socket(code, f"too many bad frames ({exc.kind})"), "close")
+            self._count_bad_frame(exc)
             return
         self._bad_frames = 0
         if frame.kind != "audio":
@@ -213,6 +210,13 @@ class VoiceSession:
             self._audio_ready.set()
         else:
             self.counters["audio_ignored"] += 1
+
+    def _count_bad_frame(self, exc: ProtocolError) -> None:
+        """A bad frame is dropped; a run of them means a broken or hostile client: close."""
+        self._bad_frames += 1
+        if self._bad_frames == MAX_BAD_FRAMES:
+            code = CLOSE_TOO_BIG if exc.kind == "too_large" else CLOSE_BAD_DATA
+            self._spawn(self._close_socket(code, f"too many bad frames ({exc.kind})"), "close")
 
     # -- messages -----------------------------------------------------------------------------------------
     async def _on_hello(self, hello: Hello) -> None:

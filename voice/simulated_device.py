@@ -175,9 +175,12 @@ class SimulatedDevice:
         self.ws_url = ws.get("url")
         self.token = ws.get("token") or ""
         if ws.get("version") in (1, 2, 3):
-            self.binary_version = ws["version"]
-            self.framing = BinaryFraming(self.binary_version)
+            self.use_binary_version(ws["version"])
         return answer
+
+    def use_binary_version(self, version: int) -> None:
+        self.binary_version = version
+        self.framing = BinaryFraming(version)
 
     async def connect(self, ws_url: str | None = None, hello: bool = True, hello_timeout: float = 10) -> ServerHello | None:
         self.ws_url = ws_url or self.ws_url

@@ -41,7 +41,8 @@ class Command(BaseCommand):
         parser.add_argument("--wav", action="append", default=[], help="a 16-bit WAV file to say instead")
         parser.add_argument("--mode", choices=["auto", "manual", "realtime"], default="auto")
         parser.add_argument("--device-id", help="MAC-style id (default: a random one)")
-        parser.add_argument("--binary-version", type=int, choices=[1, 2, 3], default=1)
+        parser.add_argument("--binary-version", type=int, choices=[1, 2, 3],
+                            help="binary framing to use (default: what the OTA answer says, else 1)")
         parser.add_argument("--save-reply", help="write the last spoken answer to this WAV file")
         parser.add_argument("--timeout", type=float, default=30.0)
         parser.add_argument("--json", action="store_true", help="print one JSON object per turn")
@@ -55,13 +56,15 @@ class Command(BaseCommand):
             raise CommandError("a turn got no spoken answer")
 
     async def converse(self, utterances, options) -> bool:
-        device = SimulatedDevice(options["device_id"], binary_version=options["binary_version"])
+        device = SimulatedDevice(options["device_id"], binary_version=options["binary_version"] or 1)
         if options["ws_url"]:
             device.ws_url = options["ws_url"]
         else:
             ota_url = options["ota_url"] or options["server"].rstrip("/") + "/xiaozhi/ota/"
             answer = await device.ota(ota_url)
             self.stdout.write(f"OTA: websocket {answer['websocket']['url']} (binary v{device.binary_version})")
+            if options["binary_version"]:
+                device.use_binary_version(options["binary_version"])
             if "activation" in answer:
                 self.stdout.write(f"OTA: this device must be activated first, code {answer['activation']['code']}")
         hello = await device.connect()

@@ -1,0 +1,87 @@
+"""The path a real device takes, through a real Daphne process: OTA -> handshake -> hello ->
+speech -> stt, tts start, audio that decodes, tts stop. Driven by the shipped ``talk`` command."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.models]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Daphne serving the project on a free port, with its own migrated database."""
+    env = dict(os.environ)
+    if not env.get("DATABASE_URL"):
+        env["SQLITE_PATH"] = str(tmp_path_factory.mktemp("e2e") / "db.sqlite3")
+    env.setdefault("XIAOZHI_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("logs") / "daphne.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "xiaozhi.asgi:application"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120  # models load and warm before the port opens
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"daphne exited early:\n{log.read()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("daphne did not start in time")
+    yield base
+    process.terminate()
+    process.wait(10)
+    log.close()
+
+
+def talk(server, *args):
+    done = subprocess.run(
+        [sys.executable, "manage.py", "talk", "--server", server, "--json", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    return done, [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_a_device_goes_through_ota_and_hears_a_spoken_answer(server):
+    done, turns = talk(server, "--text", "What is the capital of France?")
+    assert done.returncode == 0, done.stderr
+    (turn,) = turns
+    assert "capital" in turn["stt"].lower() and "france" in turn["stt"].lower()
+    assert turn["audio_seconds"] >= 1.0 and turn["stopped"]
+    assert turn["stt_ms"] < turn["tts_start_ms"] <= turn["first_audio_ms"]
+
+
+def test_two_turns_on_one_connection_and_binary_v3(server):
+    done, turns = talk(server, "--binary-version", "3", "--mode", "manual",
+                       "--text", "Tell me a joke.", "--text", "What is the weather like?")
+    assert done.returncode == 0, done.stderr
+    assert len(turns) == 2 and all(t["audio_seconds"] >= 1.0 and t["stopped"] for t in turns)
+
+
+def test_health_reports_the_loaded_models(server):
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok"
+    assert set(health["checks"]["models"]) >= {"vad", "asr", "llm", "tts"}
