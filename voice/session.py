@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.pacer import Pacer
-from voice.pipeline.turn import TurnDeps, TurnRecord, run_turn, speak
+from voice.pipeline.turn import TurnDeps, TurnRecord, prefill_next_turn, run_turn, speak
 from voice.protocol import (
     Abort,
     AudioParams,
@@ -310,8 +310,11 @@ class VoiceSession:
         )
 
     async def _turn_task(self, utterance: Utterance, record: TurnRecord) -> None:
+        deps = self._deps()
         try:
-            await run_turn(self._deps(), utterance, record)
+            await run_turn(deps, utterance, record)
+            if not record.error:
+                self._spawn(prefill_next_turn(deps), "prefill")
         except asyncio.CancelledError:
             record.error = record.error or "aborted"
             raise

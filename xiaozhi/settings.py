@@ -5,9 +5,15 @@ local-memory cache and in-process voice workers. ``DATABASE_URL`` switches to My
 ``REDIS_URL`` to Redis for the channel layer and cache. Voice-service limits come from
 ``performance.yaml`` (see ``voice/conf.py``); the checks in ``xiaozhi/checks.py`` validate both at start.
 """
+import os
 from pathlib import Path
 
 from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_str
+
+# Whisper (CTranslate2) and llama.cpp each bring an OpenMP runtime whose idle threads busy-wait by
+# default; in one process they starve each other on a small machine (LLM first token 2 s instead of
+# 50 ms after an ASR call). Must be set before either library loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("XIAOZHI_DATA_DIR", str(BASE_DIR / "data")))
@@ -148,7 +154,7 @@ XIAOZHI_HISTORY_TURNS = env_int("XIAOZHI_HISTORY_TURNS", 6, 0, 100)
 XIAOZHI_PACER_LEAD_FRAMES = env_int("XIAOZHI_PACER_LEAD_FRAMES", 2, 0, 10)
 XIAOZHI_SYSTEM_PROMPT = env_str(
     "XIAOZHI_SYSTEM_PROMPT",
-    "You are Xiaozhi, a friendly voice assistant. Answer in one or two short sentences.",
+    "You are Xiaozhi, a friendly voice assistant. Always answer in English, in one or two short sentences.",
 )
 
 # --- Providers (the bundled offline models by default) -----------------------------------------------

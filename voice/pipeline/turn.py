@@ -178,11 +178,30 @@ async def _run(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None
     deps.history.append((text, record.reply_text))
 
 
-async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: asyncio.Queue, parts: list[str]) -> None:
+def conversation(deps: TurnDeps) -> list[dict]:
     messages = [{"role": "system", "content": deps.system_prompt}]
     for user, assistant in deps.history:
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    messages.append({"role": "user", "content": user_text})
+    return messages
+
+
+async def prefill_next_turn(deps: TurnDeps) -> None:
+    """Pre-evaluate the conversation while the device plays the answer, if the LLM is idle."""
+    prefill = getattr(deps.llm, "prefill", None)
+    service = deps.services["llm"]
+    if prefill is None or not deps.history:
+        return
+    stats = service.stats()
+    if stats["active"] or stats["queued"]:
+        return  # other devices are waiting: their turns come first
+    try:
+        await service.call(prefill, conversation(deps))
+    except Exception as exc:  # noqa: BLE001 - an optimisation only
+        log.debug("prefill skipped: %s", exc)
+
+
+async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: asyncio.Queue, parts: list[str]) -> None:
+    messages = conversation(deps) + [{"role": "user", "content": user_text}]
     splitter = SentenceSplitter()
     cancel = threading.Event()
     started = time.monotonic()
@@ -195,8 +214,10 @@ async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: 
                     record.model_seconds["llm_first_token"] = time.monotonic() - started
                 parts.append(delta)
                 for sentence in splitter.feed(delta):
+                    record.model_seconds.setdefault("llm_first_sentence", time.monotonic() - started)
                     await out.put(sentence)
         for sentence in splitter.flush():
+            record.model_seconds.setdefault("llm_first_sentence", time.monotonic() - started)
             await out.put(sentence)
         record.model_seconds["llm_total"] = time.monotonic() - started
     finally:

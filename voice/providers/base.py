@@ -65,6 +65,11 @@ class TTSProvider(Protocol):
         as the engine allows."""
 
 
+class Prefillable(Protocol):
+    def prefill(self, messages: Sequence[dict]) -> None:
+        """Optional for LLMs: pre-evaluate a prompt prefix while idle (see SmolLM2LLM.prefill)."""
+
+
 class Warmable(Protocol):
     def warm(self) -> None:
         """Run one tiny inference so the first real request pays no lazy initialisation."""

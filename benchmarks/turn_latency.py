@@ -1,0 +1,164 @@
+"""Turn latency on this machine: N spoken turns against a real Daphne with the bundled models.
+
+Measures, from the device's side, the time from its last speech frame to the first audio frame it
+receives (TTFA), and splits it by stage with the marks the server stored for each turn. The
+server's own share is TTFA minus model time (ASR run, LLM time to its first speakable clause, TTS
+time to first audio): everything the server adds on top of the models.
+
+    python benchmarks/turn_latency.py --turns 20 --mode manual
+    python benchmarks/turn_latency.py --turns 20 --mode auto     # adds the VAD's end-of-speech wait
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QUESTIONS = [
+    "What is the capital of France?", "Tell me a joke.", "What is the weather like today?",
+    "How far away is the moon?", "Can you recommend a good book?", "What time is it?",
+    "Who wrote Romeo and Juliet?", "How do I make a cup of tea?", "What is your name?",
+    "Play some music please.", "What is two plus two?", "Why is the sky blue?",
+    "Tell me something interesting.", "How are you today?", "What should I cook for dinner?",
+    "Turn on the kitchen light.", "What is the tallest mountain?", "Say good night.",
+    "How many legs does a spider have?", "What is the speed of light?",
+]
+
+
+def percentile(values, q):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(env: dict) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "xiaozhi.asgi:application"],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit("server did not start")
+
+
+async def run_turns(base: str, turns: int, mode: str, say) -> tuple[list, str]:
+    from voice.simulated_device import SimulatedDevice
+
+    device = SimulatedDevice()
+    await device.ota(f"{base}/xiaozhi/ota/")
+    await device.connect()
+    results = []
+    for i in range(turns):
+        result = await device.turn(say(QUESTIONS[i % len(QUESTIONS)]), mode=mode, timeout=60)
+        results.append(result)
+        await asyncio.sleep(0.3)
+    await device.close()
+    return results, device.device_id
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--mode", choices=["auto", "manual"], default="manual")
+    parser.add_argument("--output", help="JSON results file (default: benchmarks/results/turn_latency-<mode>.json)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="xiaozhi-bench-"))
+    env = dict(os.environ, SQLITE_PATH=str(workdir / "db.sqlite3"), XIAOZHI_DATA_DIR=str(workdir))
+    env.pop("DATABASE_URL", None)
+    os.environ.update({k: env[k] for k in ("SQLITE_PATH", "XIAOZHI_DATA_DIR")})
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xiaozhi.settings")
+    os.environ["XIAOZHI_PRELOAD_MODELS"] = "false"
+    import django
+
+    django.setup()
+    from voice.simulated_device import speech_frames
+
+    speech = {q: speech_frames(q) for q in QUESTIONS}
+    process, base = start_server(env)
+    try:
+        results, device_id = asyncio.run(run_turns(base, args.turns, args.mode, speech.__getitem__))
+    finally:
+        process.terminate()
+        process.wait(10)
+
+    from devices.models import Turn
+
+    rows = list(Turn.objects.filter(device__device_id=device_id).order_by("id"))
+    report = summarise(results, rows, args)
+    out = Path(args.output or ROOT / "benchmarks" / "results" / f"turn_latency-{args.mode}.json")
+    out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"\nwritten to {out}")
+
+
+def summarise(results, rows, args) -> dict:
+    turns = []
+    for result, row in zip(results, rows):
+        t = row.timings or {}
+        model = sum(t.get(k, 0) for k in ("asr_model_ms", "llm_first_sentence_model_ms", "tts_first_audio_model_ms"))
+        turns.append({
+            "question": result.stt, "ttfa_ms": result.first_audio_ms, "stt_ms": result.stt_ms,
+            "tts_start_ms": result.tts_start_ms, "audio_seconds": len(result.audio) * 0.06,
+            "server_asr_done_ms": row.asr_done_ms, "server_llm_first_token_ms": row.llm_first_token_ms,
+            "server_first_sentence_ms": row.first_sentence_ms, "server_tts_first_audio_ms": row.tts_first_audio_ms,
+            "server_first_audio_sent_ms": row.first_audio_sent_ms, "model_ms": round(model, 1),
+            "server_share_ms": None if result.first_audio_ms is None else round(result.first_audio_ms - model, 1),
+            **t,
+        })
+    def stat(key):
+        values = [t[key] for t in turns if t.get(key) is not None]
+        return {"median": round(statistics.median(values), 1) if values else None,
+                "p95": round(percentile(values, 0.95), 1) if values else None}
+    keys = ["stt_ms", "tts_start_ms", "ttfa_ms", "server_asr_done_ms", "server_llm_first_token_ms",
+            "server_first_sentence_ms", "server_tts_first_audio_ms", "server_first_audio_sent_ms",
+            "asr_model_ms", "llm_first_token_model_ms", "llm_first_sentence_model_ms", "tts_first_audio_model_ms",
+            "model_ms", "server_share_ms"]
+    return {
+        "machine": f"{os.cpu_count()} cores", "mode": args.mode, "turns": len(turns),
+        "answered": sum(1 for t in turns if t["ttfa_ms"] is not None),
+        "summary": {k: stat(k) for k in keys}, "per_turn": turns,
+    }
+
+
+def print_table(report):
+    print(f"{report['turns']} turns, mode {report['mode']}, answered {report['answered']}")
+    print(f"{'figure (ms after the last speech frame)':<44} {'median':>8} {'p95':>8}")
+    for key, value in report["summary"].items():
+        median = "-" if value["median"] is None else f"{value['median']:.0f}"
+        p95 = "-" if value["p95"] is None else f"{value['p95']:.0f}"
+        print(f"{key:<44} {median:>8} {p95:>8}")
+
+
+if __name__ == "__main__":
+    main()

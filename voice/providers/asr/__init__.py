@@ -1,0 +1,1 @@
+"""ASR engines, one module each."""

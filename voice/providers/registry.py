@@ -1,0 +1,169 @@
+"""Providers by name, each built once per process and shared by every session.
+
+Settings are read when a provider is first built, never at import, so importing this module is
+cheap and tests can change settings before anything loads. Heavy packages are imported only by
+the provider that needs them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+
+from voice.providers.base import ASRProvider, LLMProvider, ProviderUnavailable, TTSProvider, VADModel
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("vad", "asr", "llm", "tts")
+SETTING = {kind: f"XIAOZHI_{kind.upper()}_PROVIDER" for kind in KINDS}
+# Named in the settings' checks but not written yet: say so rather than "unknown".
+COMING_LATER = {"asr": {"funasr"}, "tts": {"edge"}}
+
+_lock = threading.RLock()
+_providers: dict[tuple[str, str], object] = {}
+
+
+def _pool_size(kind: str) -> int:
+    from voice.conf import service_limits
+
+    return service_limits(kind).pool_size
+
+
+def _silero():
+    from voice.providers.vad.silero import SileroVAD
+
+    return SileroVAD()
+
+
+def _whisper():
+    from voice.providers.asr.whisper import WhisperASR
+
+    return WhisperASR(pool_size=_pool_size("asr"), threads=settings.XIAOZHI_MODEL_THREADS)
+
+
+def _smollm2():
+    from voice.providers.llm.smollm2 import SmolLM2LLM
+
+    return SmolLM2LLM(
+        pool_size=_pool_size("llm"),
+        threads=settings.XIAOZHI_MODEL_THREADS,
+        max_tokens=settings.XIAOZHI_LLM_MAX_TOKENS,
+        system_prompt=settings.XIAOZHI_SYSTEM_PROMPT,
+    )
+
+
+def _openai():
+    from voice.conf import service_limits
+    from voice.providers.llm.openai_compat import OpenAICompatibleLLM
+
+    return OpenAICompatibleLLM(
+        settings.XIAOZHI_LLM_BASE_URL,
+        api_key=settings.XIAOZHI_LLM_API_KEY,
+        model=settings.XIAOZHI_LLM_MODEL,
+        timeout=service_limits("llm").timeout,
+        max_tokens=settings.XIAOZHI_LLM_MAX_TOKENS,
+    )
+
+
+def _piper():
+    from voice.providers.tts.piper import PiperTTS
+
+    return PiperTTS(pool_size=_pool_size("tts"), threads=settings.XIAOZHI_MODEL_THREADS)
+
+
+def _fake(kind: str) -> Callable[[], object]:
+    def build():
+        from voice.providers import fake
+
+        return {"asr": fake.FakeASR, "llm": fake.FakeLLM, "tts": fake.FakeTTS}[kind]()
+
+    return build
+
+
+BUILDERS: dict[str, dict[str, Callable[[], object]]] = {
+    "vad": {"silero": _silero},
+    "asr": {"whisper": _whisper, "fake": _fake("asr")},
+    "llm": {"smollm2": _smollm2, "openai": _openai, "fake": _fake("llm")},
+    "tts": {"piper": _piper, "fake": _fake("tts")},
+}
+DEFAULT_NAME = {"vad": "silero", "asr": "whisper", "llm": "smollm2", "tts": "piper"}
+
+
+def _get(kind: str, name: str | None):
+    name = name or getattr(settings, SETTING[kind])
+    key = (kind, name)
+    provider = _providers.get(key)
+    if provider is not None:
+        return provider
+    with _lock:  # one build per provider even when many sessions ask at once
+        provider = _providers.get(key)
+        if provider is None:
+            builder = BUILDERS[kind].get(name)
+            if builder is None:
+                raise ProviderUnavailable(_unknown_message(kind, name))
+            provider = builder()
+            _providers[key] = provider
+        return provider
+
+
+def _unknown_message(kind: str, name: str) -> str:
+    label = kind.upper()
+    if name in COMING_LATER.get(kind, ()):
+        return f"{label} provider {name!r} is not available yet; set {SETTING[kind]}={DEFAULT_NAME[kind]}"
+    return f"unknown {label} provider {name!r}; set {SETTING[kind]} to one of: {', '.join(sorted(BUILDERS[kind]))}"
+
+
+def get_vad(name: str | None = None) -> VADModel:
+    return _get("vad", name)
+
+
+def get_asr(name: str | None = None) -> ASRProvider:
+    return _get("asr", name)
+
+
+def get_llm(name: str | None = None) -> LLMProvider:
+    return _get("llm", name)
+
+
+def get_tts(name: str | None = None) -> TTSProvider:
+    return _get("tts", name)
+
+
+def preload() -> dict[str, float]:
+    """Build and warm the configured providers so the first device is served at full speed.
+    Returns seconds spent per kind; raises ProviderUnavailable naming the setting to change."""
+    spent = {}
+    for kind in KINDS:
+        started = time.perf_counter()
+        provider = _get(kind, None)
+        warm = getattr(provider, "warm", None)
+        if warm is not None:
+            warm()
+        spent[kind] = time.perf_counter() - started
+        logger.info("%s provider %r ready in %.2f s", kind.upper(), provider.name, spent[kind])
+    return spent
+
+
+def loaded_names() -> dict[str, list[str]]:
+    return {kind: sorted(name for k, name in list(_providers) if k == kind) for kind in KINDS}
+
+
+def reset_for_tests() -> None:
+    with _lock:
+        for provider in _providers.values():
+            close = getattr(provider, "close", None)
+            if close is not None:
+                close()
+        _providers.clear()
+
+
+def forget(kind: str, name: str) -> None:
+    """Drop one built provider (closing it), so the next use builds it from current settings."""
+    with _lock:
+        provider = _providers.pop((kind, name), None)
+    close = getattr(provider, "close", None)
+    if close is not None:
+        close()

@@ -1,0 +1,1 @@
+"""TTS engines, one module each."""

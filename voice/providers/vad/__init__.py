@@ -1,0 +1,1 @@
+"""VAD engines, one module each."""
