@@ -12,6 +12,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from devices import services
+from voice import stats
 from voice.protocol import negotiate_binary_version
 from voice.session import CLOSE_REPLACED, SessionConfig, VoiceSession
 
@@ -27,6 +28,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
     info: services.ConnectionInfo | None = None
     group: str | None = None
     closed = False
+    counted = False  # whether this connection is in the connected_devices gauge
 
     async def connect(self):
         identity = self.scope["device_identity"]
@@ -57,19 +59,29 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             config.system_prompt = agent["system_prompt"]
         self.session = VoiceSession(self, config, on_turn=self._record_turn)
         self.session.start()
+        self.counted = True
+        stats.gauge_add("connected_devices", 1)
+        stats.incr("connections")
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.session is None:
             return
         if bytes_data is not None:
+            stats.incr("ws_messages_in")
+            stats.incr("ws_bytes_in", len(bytes_data))
             self.session.handle_binary(bytes_data)
         elif text_data is not None:
+            stats.incr("ws_messages_in")
+            stats.incr("ws_bytes_in", len(text_data))
             await self.session.handle_text(text_data)
 
     async def disconnect(self, code):
         self.closed = True
         if self.session:
             await self.session.close(f"socket closed ({code})")
+            if self.counted:
+                self.counted = False
+                stats.gauge_add("connected_devices", -1)
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.info:
@@ -84,10 +96,14 @@ class DeviceConsumer(AsyncWebsocketConsumer):
     # -- the session's transport ---------------------------------------------------------------------------
     async def send_text(self, text: str) -> None:
         if not self.closed:
+            stats.incr("ws_messages_out")
+            stats.incr("ws_bytes_out", len(text))
             await self.send(text_data=text)
 
     async def send_bytes(self, data: bytes) -> None:
         if not self.closed:
+            stats.incr("ws_messages_out")
+            stats.incr("ws_bytes_out", len(data))
             await self.send(bytes_data=data)
 
     async def close(self, code=None, reason=None):  # noqa: D401 - the session's transport close too

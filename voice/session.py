@@ -34,6 +34,7 @@ from voice.protocol import (
     negotiate_binary_version,
     parse_device_message,
 )
+from voice import stats
 from voice.providers import registry
 from voice.workers import services
 
@@ -173,6 +174,7 @@ class VoiceSession:
             message = parse_device_message(text)
         except ProtocolError as exc:
             self.counters[f"bad_text:{exc.kind}"] += 1
+            stats.incr(f"errors:bad_text:{exc.kind}")
             log.info("device %s sent a bad message (%s): %s", self.config.device_id, exc.kind, exc)
             if exc.kind == "too_large":
                 self._count_bad_frame(exc)
@@ -198,6 +200,7 @@ class VoiceSession:
             frame = self.framing.decode(data)
         except FrameError as exc:
             self.counters[f"bad_frame:{exc.kind}"] += 1
+            stats.incr(f"errors:bad_frame:{exc.kind}")
             self._count_bad_frame(exc)
             return
         self._bad_frames = 0
@@ -260,6 +263,7 @@ class VoiceSession:
         self._pending.clear()
         self.state = LISTENING if self.mode in ("auto", "realtime") else IDLE
         self.counters["aborts"] += 1
+        stats.incr("aborts")
         log.info("session %s: turn aborted (%s)", self.config.session_id, reason)
 
     # -- input: decode + VAD off the loop -------------------------------------------------------------------
@@ -311,6 +315,7 @@ class VoiceSession:
 
     async def _turn_task(self, utterance: Utterance, record: TurnRecord) -> None:
         deps = self._deps()
+        stats.gauge_add("active_turns", 1)
         try:
             await run_turn(deps, utterance, record)
             if not record.error:
@@ -323,6 +328,9 @@ class VoiceSession:
                 self._turn = None
                 if self.state == THINKING:  # ended without a reply (nothing intelligible was heard)
                     self._on_speaking(False)
+            stats.gauge_add("active_turns", -1)
+            if record.user_text:
+                stats.turn_finished(record.as_row())
             if self.on_turn and record.user_text:
                 self._spawn(self.on_turn(record), "record-turn")
 

@@ -88,7 +88,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "xiaozhi")},
+            "CONFIG": {
+                # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis's
+                # 5 s blocking pop: an idle consumer would race its own timeout and die.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                "prefix": env_str("CHANNELS_PREFIX", "xiaozhi"),
+            },
         }
     }
     CACHES = {
@@ -171,3 +176,25 @@ XIAOZHI_MODEL_THREADS = env_int("XIAOZHI_MODEL_THREADS", 2, 1, 64)
 XIAOZHI_PRELOAD_MODELS = env_bool("XIAOZHI_PRELOAD_MODELS", True)
 XIAOZHI_PERFORMANCE_FILE = env_str("XIAOZHI_PERFORMANCE_FILE", str(BASE_DIR / "performance.yaml"))
 XIAOZHI_PERFORMANCE_OVERRIDES = env_str("XIAOZHI_PERFORMANCE_OVERRIDES", str(DATA_DIR / ".performance.yaml"))
+
+# --- Monitoring ---------------------------------------------------------------------------------------
+# Snapshots every XIAOZHI_MONITORING_SNAPSHOT_SECONDS (Celery beat with Redis; the in-process scheduler
+# otherwise), each process publishes its figures to Redis every XIAOZHI_MONITORING_PUBLISH_SECONDS.
+XIAOZHI_MONITORING_SNAPSHOT_SECONDS = env_float("XIAOZHI_MONITORING_SNAPSHOT_SECONDS", 60.0, 1.0)
+XIAOZHI_MONITORING_PUBLISH_SECONDS = env_float("XIAOZHI_MONITORING_PUBLISH_SECONDS", 10.0, 1.0)
+XIAOZHI_MONITORING_RETENTION_DAYS = env_int("XIAOZHI_MONITORING_RETENTION_DAYS", 30, 1)
+XIAOZHI_MONITORING_ERROR_WINDOW_SECONDS = env_int("XIAOZHI_MONITORING_ERROR_WINDOW_SECONDS", 300, 10)
+XIAOZHI_MONITORING_WEBHOOK_URL = env_str("XIAOZHI_MONITORING_WEBHOOK_URL")
+XIAOZHI_MONITORING_WEBHOOK_TIMEOUT_SECONDS = env_float("XIAOZHI_MONITORING_WEBHOOK_TIMEOUT_SECONDS", 3.0, 0.1)
+# Bearer token accepted by the performance API besides a staff session (empty = staff only).
+XIAOZHI_MONITORING_API_TOKEN = env_str("XIAOZHI_MONITORING_API_TOKEN")
+# "auto": the in-process scheduler runs when asgi.py starts it and Redis is not configured (Celery
+# beat does the work then); "on": always (when started); "off": never. Tests never start it.
+XIAOZHI_MONITORING_SCHEDULER = env_str("XIAOZHI_MONITORING_SCHEDULER", "auto")
+# Redis key prefix under which each process publishes its figures (one expiring key per process).
+XIAOZHI_MONITORING_REDIS_PREFIX = env_str("XIAOZHI_MONITORING_REDIS_PREFIX", "xiaozhi:monitoring:proc:")
+CELERY_BEAT_SCHEDULE = {
+    "monitoring-snapshot": {"task": "monitoring.tasks.snapshot", "schedule": XIAOZHI_MONITORING_SNAPSHOT_SECONDS},
+    "monitoring-evaluate": {"task": "monitoring.tasks.evaluate_all", "schedule": XIAOZHI_MONITORING_SNAPSHOT_SECONDS},
+    "monitoring-prune": {"task": "monitoring.tasks.prune", "schedule": 3600.0},
+}

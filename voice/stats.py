@@ -1,0 +1,79 @@
+"""Live figures of this process's voice side, read by monitoring (snapshots, /metrics, the JSON API).
+
+Plain counters and bounded sample windows under one lock: cheap enough to touch on every frame.
+Each process keeps its own; monitoring combines processes (through Redis when configured).
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+SAMPLE_WINDOW = 1000  # latest samples kept per latency figure
+
+_lock = threading.Lock()
+_counters: collections.Counter = collections.Counter()
+_gauges: dict[str, float] = {"connected_devices": 0, "active_turns": 0}
+_samples: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=SAMPLE_WINDOW))
+_turn_times: collections.deque = collections.deque(maxlen=10000)  # monotonic end times, for turns/minute
+
+
+def incr(name: str, amount: float = 1) -> None:
+    with _lock:
+        _counters[name] += amount
+
+
+def gauge_add(name: str, delta: float) -> None:
+    with _lock:
+        _gauges[name] = _gauges.get(name, 0) + delta
+
+
+def observe(name: str, value_ms: float) -> None:
+    with _lock:
+        _samples[name].append((time.time(), value_ms))
+
+
+def turn_finished(row: dict) -> None:
+    """Record one finished turn's stage marks (ms after end of speech) and its outcome."""
+    with _lock:
+        _turn_times.append(time.monotonic())
+        _counters["turns"] += 1
+        if row.get("error"):
+            _counters["turn_errors"] += 1
+            _counters[f"errors:{row['error'].split(':')[0]}"] += 1
+        for key, value in row.items():
+            if key.endswith("_ms") and value is not None:
+                _samples[key].append((time.time(), value))
+
+
+def percentiles(values: list[float], qs=(0.5, 0.95, 0.99)) -> dict[str, float | None]:
+    ordered = sorted(values)
+    out = {}
+    for q in qs:
+        out[f"p{int(q * 100)}"] = None if not ordered else ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+    return out
+
+
+def snapshot(window_seconds: float = 300.0) -> dict:
+    """Counters, gauges, turns per minute and latency percentiles over the last ``window_seconds``."""
+    now_wall, now = time.time(), time.monotonic()
+    with _lock:
+        counters = dict(_counters)
+        gauges = dict(_gauges)
+        recent = {name: [v for t, v in samples if now_wall - t <= window_seconds] for name, samples in _samples.items()}
+        turns_last_minute = sum(1 for t in _turn_times if now - t <= 60)
+    return {
+        "counters": counters,
+        "gauges": gauges,
+        "turns_per_minute": turns_last_minute,
+        "latency_ms": {name: {"count": len(v), **percentiles(v)} for name, v in recent.items()},
+    }
+
+
+def reset() -> None:
+    with _lock:
+        _counters.clear()
+        _samples.clear()
+        _turn_times.clear()
+        for key in _gauges:
+            _gauges[key] = 0
