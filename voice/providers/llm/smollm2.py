@@ -7,6 +7,7 @@ resets that cache.
 """
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import threading
 from collections.abc import Iterator, Sequence
@@ -63,6 +64,13 @@ class SmolLM2LLM:
             pool_size,
             name="smollm2",
         )
+        # Free llama.cpp's memory while the interpreter is still intact; left to __del__ at exit it
+        # fails noisily because llama_cpp's module globals are already gone.
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        for llm in self._pool.instances:
+            llm.close()
 
     def stream(self, messages: Sequence[dict], cancel: threading.Event) -> Iterator[str]:
         if cancel.is_set():
