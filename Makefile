@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 REQ_HASH := $(shell cat requirements.txt Makefile | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements.txt)
-APT_PACKAGES := libopus0 libmariadb-dev pkg-config
+APT_PACKAGES := libopus0 libmariadb-dev pkg-config chromium
 
 .PHONY: setup system-packages run migrate test lint talk benchmark loadtest clean-venv
 

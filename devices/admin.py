@@ -24,8 +24,29 @@ class DeviceAdmin(admin.ModelAdmin):
     list_filter = ("online", "activated", "agent")
     search_fields = ("device_id", "client_id", "board")
     list_select_related = ("agent",)
-    readonly_fields = ("activation_code", "activation_code_expires_at", "online", "last_seen", "created_at")
+    readonly_fields = ("activation_code", "activation_code_expires_at", "online", "last_seen", "created_at",
+                       "recent_turns")
     actions = ["mark_activated"]
+
+    @admin.display(description="Recent turns (ms after end of speech)")
+    def recent_turns(self, obj):
+        """Read-only: the last turns with their stage timings, so slowness shows on the device page."""
+        if obj is None or obj.pk is None:
+            return "-"
+        from django.utils.html import format_html, format_html_join
+
+        turns = obj.turns.order_by("-created_at")[:20]
+        if not turns:
+            return "No turns yet."
+        ms = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+        rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                                "<td>{}</td><td>{}</td></tr>", (
+            (f"{t.created_at:%Y-%m-%d %H:%M:%S}", t.user_text[:60], ms(t.asr_done_ms), ms(t.llm_first_token_ms),
+             ms(t.first_sentence_ms), ms(t.tts_first_audio_ms), ms(t.first_audio_sent_ms), t.error or "")
+            for t in turns))
+        return format_html('<table class="recent-turns"><thead><tr><th>When</th><th>User said</th><th>ASR</th>'
+                           "<th>LLM 1st token</th><th>1st sentence</th><th>TTS 1st audio</th><th>1st audio sent</th>"
+                           "<th>Error</th></tr></thead><tbody>{}</tbody></table>", rows)
 
     @admin.action(description="Mark selected devices activated", permissions=["change"])
     def mark_activated(self, request, queryset):

@@ -9,6 +9,7 @@ off. It knows only the public protocol, so it can measure any xiaozhi-compatible
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -51,10 +52,17 @@ def speech_frames(text: str) -> list[bytes]:
 
 
 def silence_frames(count: int) -> list[bytes]:
+    return list(_silence_frames(count))
+
+
+@functools.lru_cache(maxsize=16)
+def _silence_frames(count: int) -> tuple[bytes, ...]:
+    """Cached: every turn of every device sends the same silence, and a load test must not spend
+    its CPU re-encoding it."""
     from voice.audio.opus import OpusEncoder
 
     encoder = OpusEncoder(UPLINK_RATE, 60)
-    return encoder.encode(np.zeros(int(UPLINK_RATE * FRAME_SECONDS) * count, np.int16))
+    return tuple(encoder.encode(np.zeros(int(UPLINK_RATE * FRAME_SECONDS) * count, np.int16)))
 
 
 class LinkClosed(Exception):
@@ -143,7 +151,7 @@ class TurnResult:
 
 class SimulatedDevice:
     def __init__(self, device_id: str | None = None, client_id: str | None = None, binary_version: int = 1,
-                 board: str = "simulated-board", firmware: str = "1.9.0"):
+                 board: str = "simulated-board", firmware: str = "1.9.0", keep_audio: bool = True):
         self.device_id = device_id or "02:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:5])
         self.client_id = client_id or str(uuid.uuid4())
         self.binary_version = binary_version
@@ -159,6 +167,11 @@ class SimulatedDevice:
         self.close_reason = ""
         self._new_event = asyncio.Event()
         self._reader: asyncio.Task | None = None
+        # keep_audio=False stores only sizes of received audio (bounded memory for load tests);
+        # on_send(scheduled, actual) is called as each paced frame is about to leave (send lateness).
+        self.keep_audio = keep_audio
+        self.on_send = None
+        self.continuous_pace = False
 
     # -- OTA and connection --------------------------------------------------------------------------------
     async def ota(self, ota_url: str) -> dict:
@@ -217,7 +230,7 @@ class SimulatedDevice:
                 now = time.monotonic()
                 if isinstance(data, bytes):
                     frame = self.framing.decode(data)
-                    self.events.append(Received(now, "audio", frame.payload, len(frame.payload)))
+                    self.events.append(Received(now, "audio", frame.payload if self.keep_audio else None, len(frame.payload)))
                 else:
                     try:
                         message = parse_server_message(data)
@@ -265,11 +278,12 @@ class SimulatedDevice:
     async def abort(self, reason: str = "") -> None:
         await self.send_json(encode(Abort(reason)))
 
-    async def stream(self, frames: list[bytes], pace: float = FRAME_SECONDS, stop_when=None) -> float:
+    async def stream(self, frames: list[bytes], pace: float = FRAME_SECONDS, stop_when=None,
+                     start: float | None = None) -> float:
         """Send frames on a real-time clock; returns the monotonic time the last one left.
         ``stop_when`` (a predicate over events) ends the stream early, as the firmware stops its
-        microphone when the server starts speaking."""
-        start = time.monotonic()
+        microphone when the server starts speaking. ``start``: when the first frame is due (default now)."""
+        start = time.monotonic() if start is None else start
         last = start
         seen = len(self.events)
         for i, frame in enumerate(frames):
@@ -278,6 +292,8 @@ class SimulatedDevice:
                 await asyncio.sleep(delay)
             if stop_when is not None and any(stop_when(e) for e in self.events[seen:]):
                 break
+            if self.on_send is not None:
+                self.on_send(start + i * pace, time.monotonic())
             await self.send_audio(frame)
             last = time.monotonic()
         return last
@@ -296,7 +312,10 @@ class SimulatedDevice:
             await self.listen("stop")
         else:
             silence = silence_frames(int(trailing_silence / FRAME_SECONDS))
-            await self.stream(silence, stop_when=None if mode == "realtime" else tts_started)
+            # continuous_pace: the silence keeps the microphone's 60 ms clock instead of its first
+            # frame leaving right after the last speech frame (the load test wants exact timing).
+            await self.stream(silence, stop_when=None if mode == "realtime" else tts_started,
+                              start=speech_end + FRAME_SECONDS if self.continuous_pace else None)
         try:
             await self.wait_for(lambda e: (isinstance(e.message, Tts) and e.message.state == "stop") or e.kind == "closed",
                                 timeout - (time.monotonic() - speech_end), since=first_index)

@@ -30,3 +30,8 @@ if settings.XIAOZHI_PRELOAD_MODELS:
     from voice.providers.registry import preload
 
     preload()
+
+# Metric snapshots and alert evaluation on the embedded default (Celery beat does it with Redis).
+from monitoring.scheduler import start_if_configured  # noqa: E402
+
+start_if_configured()
