@@ -6,6 +6,11 @@ import pytest
 
 
 def pytest_configure(config):
+    from django.conf import settings
+
+    # Tests import xiaozhi.asgi, which starts the monitoring scheduler in a server process; in the
+    # test process it would write snapshots behind the tests' backs. Tests that need it turn it on.
+    settings.XIAOZHI_MONITORING_SCHEDULER = "off"
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         import redis
