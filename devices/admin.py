@@ -5,12 +5,13 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from devices import services
-from devices.forms import BindActivationCodeForm
+from devices.forms import AgentConfigForm, BindActivationCodeForm
 from devices.models import AgentConfig, Device, DeviceSession, Turn
 
 
 @admin.register(AgentConfig)
 class AgentConfigAdmin(admin.ModelAdmin):
+    form = AgentConfigForm
     list_display = (
         "name", "is_default", "voice", "asr_provider", "llm_provider", "tts_provider", "llm_model", "updated_at",
     )

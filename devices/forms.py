@@ -18,3 +18,35 @@ class BindActivationCodeForm(forms.Form):
         empty_label="(the default agent)",
         help_text="Optional: the agent this device talks to.",
     )
+
+
+class AgentConfigForm(forms.ModelForm):
+    """The agent form refuses providers this server cannot start (a missing setting, package or
+    model folder) and voices the chosen TTS cannot speak, so the mistake shows here, naming what
+    to fix, rather than as an apology on a device's next turn."""
+
+    class Meta:
+        model = AgentConfig
+        fields = "__all__"
+
+    def clean(self):
+        from django.conf import settings
+
+        from voice.providers import requirements
+
+        cleaned = super().clean()
+        for kind in ("asr", "llm", "tts"):
+            field = f"{kind}_provider"
+            name = cleaned.get(field)
+            problem = requirements.problem(kind, name) if name else None
+            if problem:
+                self.add_error(field, f"Not available on this server: {problem}.")
+        tts = cleaned.get("tts_provider") or settings.XIAOZHI_TTS_PROVIDER
+        voice = cleaned.get("voice")
+        if tts == "edge" and voice:
+            from voice.providers.tts.edge import voice_problem
+
+            problem = voice_problem(voice, where="voice")
+            if problem:
+                self.add_error("voice", f"{problem}.")
+        return cleaned

@@ -4,11 +4,35 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models, transaction
 
-ASR_CHOICES = [("", "Server default"), ("whisper", "Whisper"), ("funasr", "FunASR"), ("fake", "Fake (tests)")]
-LLM_CHOICES = [
-    ("", "Server default"), ("smollm2", "SmolLM2"), ("openai", "OpenAI-compatible"), ("fake", "Fake (tests)"),
-]
-TTS_CHOICES = [("", "Server default"), ("piper", "Piper"), ("edge", "Edge TTS"), ("fake", "Fake (tests)")]
+# Display names; the choices themselves come from the provider registry, so every registered
+# provider is offered and none that is not. Callables: a new provider needs no migration.
+PROVIDER_LABELS = {
+    "whisper": "Whisper (bundled)",
+    "funasr": "FunASR SenseVoice",
+    "smollm2": "SmolLM2 (bundled)",
+    "openai": "OpenAI-compatible",
+    "piper": "Piper (bundled)",
+    "edge": "Edge TTS (online)",
+    "fake": "Fake (tests)",
+}
+
+
+def _provider_choices(kind: str) -> list[tuple[str, str]]:
+    from voice.providers.registry import BUILDERS
+
+    return [("", "Server default")] + [(name, PROVIDER_LABELS.get(name, name)) for name in BUILDERS[kind]]
+
+
+def asr_choices() -> list[tuple[str, str]]:
+    return _provider_choices("asr")
+
+
+def llm_choices() -> list[tuple[str, str]]:
+    return _provider_choices("llm")
+
+
+def tts_choices() -> list[tuple[str, str]]:
+    return _provider_choices("tts")
 
 
 def default_session_config(agent: AgentConfig | None = None) -> dict:
@@ -28,10 +52,12 @@ class AgentConfig(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     system_prompt = models.TextField(blank=True, help_text="Blank = the server's XIAOZHI_SYSTEM_PROMPT.")
-    voice = models.CharField(max_length=100, blank=True, help_text="TTS voice name; blank = the provider's default.")
-    asr_provider = models.CharField(max_length=20, blank=True, choices=ASR_CHOICES)
-    llm_provider = models.CharField(max_length=20, blank=True, choices=LLM_CHOICES)
-    tts_provider = models.CharField(max_length=20, blank=True, choices=TTS_CHOICES)
+    voice = models.CharField(
+        max_length=100, blank=True, help_text="TTS voice, e.g. zh-CN-XiaoxiaoNeural for Edge (Piper has one voice); blank = the provider's default.",
+    )
+    asr_provider = models.CharField(max_length=20, blank=True, choices=asr_choices)
+    llm_provider = models.CharField(max_length=20, blank=True, choices=llm_choices)
+    tts_provider = models.CharField(max_length=20, blank=True, choices=tts_choices)
     llm_model = models.CharField(max_length=200, blank=True, help_text="Blank = the server's XIAOZHI_LLM_MODEL.")
     is_default = models.BooleanField(default=False, help_text="Used by devices that have no agent of their own.")
     created_at = models.DateTimeField(auto_now_add=True)

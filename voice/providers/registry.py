@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 KINDS = ("vad", "asr", "llm", "tts")
 SETTING = {kind: f"XIAOZHI_{kind.upper()}_PROVIDER" for kind in KINDS}
 # Named in the settings' checks but not written yet: say so rather than "unknown".
-COMING_LATER = {"asr": {"funasr"}, "tts": {"edge"}}
+COMING_LATER: dict[str, set[str]] = {}
 
 _lock = threading.RLock()
 _providers: dict[tuple[str, str], object] = {}
@@ -44,6 +44,17 @@ def _whisper():
     return WhisperASR(pool_size=_pool_size("asr"), threads=settings.XIAOZHI_MODEL_THREADS)
 
 
+def _funasr():
+    from voice.providers.asr.sensevoice import SenseVoiceASR
+
+    return SenseVoiceASR(
+        settings.XIAOZHI_SENSEVOICE_MODEL_DIR,
+        pool_size=_pool_size("asr"),
+        threads=settings.XIAOZHI_MODEL_THREADS,
+        language=settings.XIAOZHI_SENSEVOICE_LANGUAGE,
+    )
+
+
 def _smollm2():
     from voice.providers.llm.smollm2 import SmolLM2LLM
 
@@ -65,6 +76,12 @@ def _openai():
         model=settings.XIAOZHI_LLM_MODEL,
         timeout=service_limits("llm").timeout,
         max_tokens=settings.XIAOZHI_LLM_MAX_TOKENS,
+        retries=settings.XIAOZHI_LLM_RETRIES,
+        backoff=settings.XIAOZHI_LLM_RETRY_BACKOFF_SECONDS,
+        # Retries happen before the first token, which the turn waits for only this long.
+        retry_budget=service_limits("llm").first_token_timeout or service_limits("llm").timeout,
+        breaker_failures=settings.XIAOZHI_LLM_BREAKER_FAILURES,
+        breaker_cooldown=settings.XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS,
     )
 
 
@@ -72,6 +89,17 @@ def _piper():
     from voice.providers.tts.piper import PiperTTS
 
     return PiperTTS(pool_size=_pool_size("tts"), threads=settings.XIAOZHI_MODEL_THREADS)
+
+
+def _edge():
+    from voice.conf import service_limits
+    from voice.providers.tts.edge import EdgeTTS
+
+    return EdgeTTS(
+        default_voice=settings.XIAOZHI_EDGE_TTS_VOICE,
+        url=settings.XIAOZHI_EDGE_TTS_URL or None,
+        timeout=service_limits("tts").timeout,
+    )
 
 
 def _fake(kind: str) -> Callable[[], object]:
@@ -85,9 +113,9 @@ def _fake(kind: str) -> Callable[[], object]:
 
 BUILDERS: dict[str, dict[str, Callable[[], object]]] = {
     "vad": {"silero": _silero},
-    "asr": {"whisper": _whisper, "fake": _fake("asr")},
+    "asr": {"whisper": _whisper, "funasr": _funasr, "fake": _fake("asr")},
     "llm": {"smollm2": _smollm2, "openai": _openai, "fake": _fake("llm")},
-    "tts": {"piper": _piper, "fake": _fake("tts")},
+    "tts": {"piper": _piper, "edge": _edge, "fake": _fake("tts")},
 }
 DEFAULT_NAME = {"vad": "silero", "asr": "whisper", "llm": "smollm2", "tts": "piper"}
 
@@ -132,11 +160,11 @@ def get_tts(name: str | None = None) -> TTSProvider:
     return _get("tts", name)
 
 
-def preload() -> dict[str, float]:
-    """Build and warm the configured providers so the first device is served at full speed.
-    Returns seconds spent per kind; raises ProviderUnavailable naming the setting to change."""
+def preload(kinds=KINDS) -> dict[str, float]:
+    """Build and warm the configured providers (of ``kinds``) so the first device is served at full
+    speed. Returns seconds spent per kind; raises ProviderUnavailable naming the setting to change."""
     spent = {}
-    for kind in KINDS:
+    for kind in kinds:
         started = time.perf_counter()
         provider = _get(kind, None)
         warm = getattr(provider, "warm", None)

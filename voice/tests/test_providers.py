@@ -235,7 +235,6 @@ def test_registry_builds_once_under_concurrent_first_use(fresh_registry):
     "getter, name, setting",
     [
         ("get_asr", "funasr", "XIAOZHI_ASR_PROVIDER=whisper"),
-        ("get_tts", "edge", "XIAOZHI_TTS_PROVIDER=piper"),
         ("get_asr", "nonsense", "XIAOZHI_ASR_PROVIDER"),
         ("get_llm", "nonsense", "XIAOZHI_LLM_PROVIDER"),
         ("get_vad", "webrtc", "XIAOZHI_VAD_PROVIDER"),

@@ -1,0 +1,220 @@
+"""Microsoft Edge's online voices through the ``edge-tts`` package: many languages (e.g.
+``en-US-AriaNeural``, ``zh-CN-XiaoxiaoNeural``), no model on this machine, but it needs outbound
+HTTPS to the service. Nothing reaches the network at start-up: building the provider only checks
+that the packages import and that the default voice name is well formed.
+
+The service streams MP3 (24 kHz mono, 48 kbit/s) over a WebSocket. It is decoded here with
+miniaudio's pull decoder as it arrives, so the first PCM chunk leaves after the first ~100 ms of
+audio rather than after the whole sentence.
+
+Bridging asyncio into this synchronous, worker-thread interface: each ``synthesize`` call drives
+its *own* event loop on the calling worker thread. edge-tts opens a fresh HTTP session and
+WebSocket for every request anyway, so a shared long-lived loop thread would reuse nothing; a
+private loop keeps the call on the thread the worker seam admitted (its concurrency bound stays
+true), needs no cross-thread hand-off, and when the consumer closes the generator the request is
+closed synchronously, right there, with nothing left running behind it.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import logging
+import math
+import re
+from collections.abc import Iterator
+
+import numpy as np
+
+from voice.providers.base import ProviderUnavailable
+from voice.providers.errors import TTSError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24000  # edge-tts always asks for audio-24khz-48kbitrate-mono-mp3
+DECODE_FRAMES = SAMPLE_RATE // 10  # the decoder hands back 100 ms at a time
+# After the first chunk (sent at once), later ones are gathered to half a second: each chunk is one
+# item crossing the worker bridge, and fewer items keep the TTS thread free sooner.
+LATER_CHUNK_SAMPLES = SAMPLE_RATE // 2
+# The decoder asks for more input before every MP3 frame (~144 bytes at 48 kbit/s) and would block
+# on the network if handed a whole message at once; fed a little at a time, it decodes everything
+# received before it waits for the next message.
+FEED_BYTES = 512
+CLOSE_SECONDS = 2.0  # at most this long closing the WebSocket after a call
+VOICE_SETTING = "XIAOZHI_EDGE_TTS_VOICE"
+# edge-tts's short form: language-REGION-NameNeural, the name possibly with a locale part
+# (zh-CN-liaoning-XiaobeiNeural).
+_VOICE = re.compile(r"^[a-z]{2,3}-[A-Z]{2,4}-(?:[A-Za-z]+-)?[A-Za-z]+Neural$")
+
+
+def package_problem() -> str | None:
+    """Why the provider cannot run, found without importing anything heavy; None if it can."""
+    missing = [name for name in ("edge_tts", "miniaudio") if importlib.util.find_spec(name) is None]
+    if missing:
+        return (
+            f"the edge TTS provider needs {', '.join(missing)} (pip install -r requirements.txt), "
+            "or set XIAOZHI_TTS_PROVIDER to another provider (piper)"
+        )
+    return None
+
+
+def voice_problem(voice: str, where: str = VOICE_SETTING) -> str | None:
+    """Why ``voice`` is not an Edge voice name, naming ``where`` it was set; None if well formed.
+    Only the form is checked: the list of voices lives on the service."""
+    if not _VOICE.match(voice or ""):
+        return f"{where}={voice!r} is not an Edge voice name (like en-US-AriaNeural or zh-CN-XiaoxiaoNeural)"
+    return None
+
+
+def _point_edge_tts_at(url: str | None) -> None:
+    """edge-tts reads its endpoint from a module constant when it connects, so an override is
+    process-wide: one Edge provider per process (the registry's) sets it."""
+    from edge_tts import communicate, constants
+
+    if not url:
+        communicate.WSS_URL = constants.WSS_URL
+        return
+    if "?" not in url:  # edge-tts appends "&ConnectionId=...": the URL must carry a query already
+        url = f"{url}?TrustedClientToken={constants.TRUSTED_CLIENT_TOKEN}"
+    communicate.WSS_URL = url
+
+
+class EdgeTTS:
+    name = "edge"
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, default_voice: str = "en-US-AriaNeural", url: str | None = None, timeout: float = 15.0):
+        """``url``: the service's WebSocket endpoint (None = edge-tts's own); ``timeout``: seconds
+        to connect, and at most between two pieces of audio."""
+        problem = package_problem() or voice_problem(default_voice)
+        if problem:
+            raise ProviderUnavailable(problem)
+        self.default_voice = default_voice
+        self.url = url
+        self.timeout = timeout
+        _point_edge_tts_at(url)
+
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+        """``voice``: the agent's Edge voice; blank = the default. Raises ``TTSError`` when the
+        service cannot be reached, stalls, or sends no audio."""
+        if not any(ch.isalnum() for ch in text):
+            return
+        voice = voice or self.default_voice
+        problem = voice_problem(voice, where="the agent's voice")
+        if problem:
+            raise TTSError(problem)
+        yield from _EdgeRequest(text, voice, self.timeout).pcm_chunks()
+
+
+class _EdgeRequest:
+    """One request: its private event loop, the edge-tts stream and the MP3 decoder."""
+
+    def __init__(self, text: str, voice: str, timeout: float):
+        import edge_tts
+
+        seconds = max(1, math.ceil(timeout))
+        self.timeout = timeout
+        self._messages = edge_tts.Communicate(text, voice, connect_timeout=seconds, receive_timeout=seconds).stream()
+        self._loop = asyncio.new_event_loop()
+        self.error: BaseException | None = None
+        self._buffer = bytearray()
+        self._ended = False
+
+    def pcm_chunks(self) -> Iterator[np.ndarray]:
+        import miniaudio
+
+        decoder = None
+        try:
+            source = _feed_type()(self)
+            try:
+                decoder = miniaudio.stream_any(
+                    source, miniaudio.FileFormat.MP3, miniaudio.SampleFormat.SIGNED16,
+                    nchannels=1, sample_rate=SAMPLE_RATE, frames_to_read=DECODE_FRAMES,
+                )
+            except miniaudio.DecodeError as exc:
+                raise self._failure(exc) from (self.error or exc)
+            first, gathered, size = True, [], 0
+            for samples in decoder:
+                pcm = np.frombuffer(samples, dtype=np.int16).copy()
+                if not pcm.size:
+                    continue
+                if first:
+                    first = False
+                    yield pcm
+                    continue
+                gathered.append(pcm)
+                size += pcm.size
+                if size >= LATER_CHUNK_SAMPLES:
+                    yield np.concatenate(gathered)
+                    gathered, size = [], 0
+            if self.error is not None:
+                raise self._failure(None) from self.error
+            if gathered:
+                yield np.concatenate(gathered)
+        finally:
+            if decoder is not None:
+                decoder.close()
+            self._close()
+
+    # -- the network side, run on the private loop whenever the decoder needs bytes ------------------------
+    def read(self, wanted: int) -> bytes:
+        while not self._buffer and not self._ended:
+            try:
+                data = self._loop.run_until_complete(self._next_audio())
+            except Exception as exc:  # noqa: BLE001 - reported by pcm_chunks as a TTSError
+                self.error, self._ended = exc, True
+                break
+            if data is None:
+                self._ended = True
+            else:
+                self._buffer += data
+        piece = bytes(self._buffer[: min(wanted, FEED_BYTES)])
+        del self._buffer[: len(piece)]
+        return piece
+
+    async def _next_audio(self) -> bytes | None:
+        async with asyncio.timeout(self.timeout):
+            async for message in self._messages:
+                if message["type"] == "audio":
+                    return message["data"]
+        return None
+
+    def _failure(self, decode_error: Exception | None) -> TTSError:
+        exc = self.error or decode_error
+        if isinstance(exc, TimeoutError):
+            return TTSError(f"Edge TTS timed out ({self.timeout:g} s without audio)")
+        return TTSError(f"Edge TTS failed: {type(exc).__name__}: {exc}")
+
+    def _close(self) -> None:
+        loop = self._loop
+        closing = self._aclose()
+        try:
+            loop.run_until_complete(closing)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        except Exception as exc:  # noqa: BLE001 - the audio is out; a close failure is not the turn's
+            log.debug("closing the Edge TTS request failed: %s", exc)
+            closing.close()  # never started when the generator is collected inside another running loop
+        finally:
+            loop.close()
+
+    async def _aclose(self) -> None:
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await self._messages.aclose()
+
+
+@functools.cache
+def _feed_type():
+    """miniaudio's source class, built on first use: miniaudio is imported only when Edge speaks."""
+    import miniaudio
+
+    class Feed(miniaudio.StreamableSource):
+        """What the decoder pulls MP3 bytes from: the request's ``read``."""
+
+        def __init__(self, request: _EdgeRequest):
+            self.request = request
+
+        def read(self, num_bytes: int) -> bytes:
+            return self.request.read(num_bytes)
+
+    return Feed
