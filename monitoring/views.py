@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from monitoring import aggregate, prometheus
 from monitoring.models import Alert, MetricSnapshot
 from voice import stats
+from voice.conf import effective_config
 from voice.providers import registry
 
 
@@ -94,7 +95,8 @@ def performance_concurrency(request):
     combined = aggregate.current(with_database=False)
     return JsonResponse({"active_turns": combined["gauges"].get("active_turns", 0),
                          "connected_devices": combined["gauges"].get("connected_devices", 0),
-                         "services": combined["services"], "processes": combined["process_count"]})
+                         "services": combined["services"], "processes": combined["process_count"],
+                         "configuration": effective_config()})
 
 
 @csrf_exempt

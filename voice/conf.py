@@ -1,34 +1,92 @@
-"""Typed voice-service limits: ``performance.yaml`` deep-merged with ``data/.performance.yaml``.
+"""The performance configuration: how much work one server process takes on, and its pool sizes.
 
-Read once per process and validated; errors name the offending key so a bad override fails at
-start-up (see ``voice/checks.py``) rather than at the first turn.
+Four layers, later wins: ``performance.yaml``'s defaults < the machine profile (picked from the
+CPU count and memory, or forced with ``XIAOZHI_PERFORMANCE_PROFILE``) < ``data/.performance.yaml``
+< ``XIAOZHI_PERF__SECTION__KEY`` environment variables (values parsed as YAML scalars). Every key is
+checked against a schema, and every error names the key and the layer its value came from, so a
+bad override fails at start-up (``voice/checks.py``) rather than at the first turn.
+
+``load`` is a pure function of paths, environment and machine: ``xiaozhi/settings.py`` calls it
+before Django is configured, because the database and Redis pool settings come from here.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from django.conf import settings
 
 SERVICES = ("vad", "asr", "llm", "tts")
+ENV_PREFIX = "XIAOZHI_PERF__"
+PROFILE_ENV = "XIAOZHI_PERFORMANCE_PROFILE"
+NO_PROFILE = "defaults"  # XIAOZHI_PERFORMANCE_PROFILE=defaults: use the defaults whatever the machine
 
 
 class PerformanceConfigError(ValueError):
     pass
 
 
+# -- the schema ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ServiceLimits:
-    name: str
-    max_concurrent: int
-    queue_size: int
-    timeout: float
-    pool_size: int
-    first_token_timeout: float | None = None
+class Key:
+    kind: type  # int, float or bool
+    minimum: float | None = None
+    required: bool = True
+    why: str = ""  # said after a range error
 
 
+SERVICE_KEYS = {
+    "max_concurrent": Key(int, 1),
+    "queue_size": Key(int, 0),
+    "enable_queue": Key(bool, required=False),
+    "timeout": Key(float, 0.01),
+    "first_token_timeout": Key(float, 0.01, required=False),
+    "pool_size": Key(int, 1),
+    "per_device": Key(int, 1, required=False),  # calls one device may have in the service; absent = no limit
+}
+SECTIONS = {
+    "server": {"max_connections": Key(int, 1), "connection_timeout": Key(float, 0.1)},
+    **{f"services.{name}": SERVICE_KEYS for name in SERVICES},
+    "database": {"conn_max_age": Key(int, 0), "conn_health_checks": Key(bool), "connect_timeout": Key(int, 1)},
+    "redis": {
+        "max_connections": Key(int, 1),
+        "socket_connect_timeout": Key(float, 0.1),
+        "socket_timeout": Key(float, 0.1),
+        "channel_layer_socket_timeout": Key(float, 6, why="channels-redis blocks up to 5 s on each read"),
+    },
+}
+PROFILE_KEYS = {"min_cpus": Key(int, 1), "min_memory_gb": Key(float, 0)}
+
+
+def _schema_key(path: str) -> Key | None:
+    section, _, key = path.rpartition(".")
+    return SECTIONS.get(section, {}).get(key)
+
+
+def _check_value(path: str, value, source: str, spec: Key | None = None):
+    """The value converted to its kind, or an error naming the key and where the value came from."""
+    spec = spec or _schema_key(path)
+    if spec is None:
+        if path in SECTIONS or path == "services":
+            raise PerformanceConfigError(f"{path} must be a mapping, got {value!r} (from {source})")
+        raise PerformanceConfigError(f"{path} is not a known key (from {source})")
+    if spec.kind is bool:
+        if not isinstance(value, bool):
+            raise PerformanceConfigError(f"{path} must be true or false, got {value!r} (from {source})")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or (spec.kind is int and not isinstance(value, int)):
+        article = "an integer" if spec.kind is int else "a number"
+        raise PerformanceConfigError(f"{path} must be {article}, got {value!r} (from {source})")
+    if spec.minimum is not None and value < spec.minimum:
+        why = f": {spec.why}" if spec.why else ""
+        raise PerformanceConfigError(f"{path} must be at least {spec.minimum}, got {value!r} (from {source}){why}")
+    return spec.kind(value)
+
+
+# -- layers ------------------------------------------------------------------------------------------------
 def deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
@@ -53,46 +111,255 @@ def _read_yaml(path: Path, required: bool) -> dict:
     return data
 
 
-def _number(raw: dict, service: str, key: str, kind, minimum, required=True):
-    value = raw.get(key)
-    where = f"services.{service}.{key}"
-    if value is None:
-        if required:
-            raise PerformanceConfigError(f"{where} is required")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise PerformanceConfigError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    if value < minimum:
-        raise PerformanceConfigError(f"{where} must be at least {minimum}, got {value!r}")
-    return kind(value)
+def _flatten(data: Mapping, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _unflatten(flat: Mapping[str, object]) -> dict:
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def _layer(data: Mapping, source: str) -> dict[str, object]:
+    """A file's or profile's leaves, each checked (known key, right kind, in range)."""
+    return {path: _check_value(path, value, source) for path, value in _flatten(data).items()}
+
+
+def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, object], dict[str, str]]:
+    values, sources = {}, {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = ".".join(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            raise PerformanceConfigError(f"{name}={environ[name]!r} is not a valid value for {path}") from None
+        if isinstance(value, dict | list) or value is None:
+            raise PerformanceConfigError(f"{name} must be a single value for {path}, got {environ[name]!r}")
+        values[path] = _check_value(path, value, f"environment variable {name}")
+        sources[path] = f"env {name}"
+    return values, sources
+
+
+# -- the machine and its profile ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Machine:
+    cpus: int
+    memory_gb: float
+
+    @classmethod
+    def detect(cls) -> Machine:
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        except (ValueError, OSError, AttributeError):
+            memory = 0.0
+        return cls(cpus=os.cpu_count() or 1, memory_gb=round(memory, 1))
+
+
+def _profiles(raw) -> dict[str, tuple[int, float, dict]]:
+    """name -> (min_cpus, min_memory_gb, overrides), every profile checked even when not chosen."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PerformanceConfigError("profiles must be a mapping of profile name to overrides")
+    out = {}
+    for name, body in raw.items():
+        if not isinstance(body, dict):
+            raise PerformanceConfigError(f"profiles.{name} must be a mapping")
+        body = dict(body)
+        needs = {}
+        for key, spec in PROFILE_KEYS.items():
+            if key not in body:
+                raise PerformanceConfigError(f"profiles.{name}.{key} is required")
+            needs[key] = _check_value(f"profiles.{name}.{key}", body.pop(key), f"profile {name}", spec)
+        body.pop("description", None)
+        out[str(name)] = (needs["min_cpus"], needs["min_memory_gb"], _layer(body, f"profile {name}"))
+    return out
+
+
+def choose_profile(profiles: Mapping[str, tuple], machine: Machine, forced: str = "") -> str | None:
+    """The forced profile, else the largest the machine satisfies; None = the defaults alone."""
+    forced = forced.strip()
+    if forced:
+        if forced == NO_PROFILE:
+            return None
+        if forced not in profiles:
+            raise PerformanceConfigError(
+                f"{PROFILE_ENV}={forced!r} is not a profile; known: {', '.join([*profiles, NO_PROFILE])}")
+        return forced
+    fitting = [(cpus, memory, name) for name, (cpus, memory, _) in profiles.items()
+               if machine.cpus >= cpus and machine.memory_gb >= memory]
+    return max(fitting)[2] if fitting else None
+
+
+# -- the typed result ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServiceLimits:
+    """One voice service's limits. ``queue_size`` is the number of calls admitted to wait: 0 when
+    ``enable_queue`` is false (refused as soon as every slot is busy), whatever the file says."""
+
+    name: str
+    max_concurrent: int
+    queue_size: int
+    timeout: float
+    pool_size: int
+    first_token_timeout: float | None = None
+    enable_queue: bool = True
+    per_device: int | None = None  # calls one device may have in the service at once; None = no limit
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_connections: int  # sockets per process; the next is refused with 4503
+    connection_timeout: float  # seconds from the socket's arrival to its hello
+
+
+@dataclass(frozen=True)
+class DatabasePool:
+    conn_max_age: int
+    conn_health_checks: bool
+    connect_timeout: int
+
+
+@dataclass(frozen=True)
+class RedisPool:
+    max_connections: int
+    socket_connect_timeout: float
+    socket_timeout: float
+    channel_layer_socket_timeout: float
+
+
+@dataclass(frozen=True)
+class PerformanceConfig:
+    profile: str | None
+    machine: Machine
+    values: dict  # the merged configuration, nested as in the file
+    sources: dict[str, str]  # dotted key -> layer its value came from
+    server: ServerLimits
+    services: dict[str, ServiceLimits]
+    database: DatabasePool
+    redis: RedisPool
+    profiles: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict:
+        return {"profile": self.profile or NO_PROFILE, "profiles": list(self.profiles),
+                "machine": {"cpus": self.machine.cpus, "memory_gb": self.machine.memory_gb},
+                "values": self.values, "sources": self.sources}
+
+
+def _require(flat: Mapping[str, object], sections) -> None:
+    for section in sections:
+        for key, spec in SECTIONS[section].items():
+            if spec.required and f"{section}.{key}" not in flat:
+                raise PerformanceConfigError(f"{section}.{key} is required (set it in performance.yaml)")
+
+
+def _section(flat: Mapping[str, object], name: str) -> dict:
+    prefix = name + "."
+    return {path[len(prefix):]: value for path, value in flat.items() if path.startswith(prefix)}
+
+
+def _services(flat: Mapping[str, object], sources: Mapping[str, str]) -> dict[str, ServiceLimits]:
+    services = {}
+    for name in SERVICES:
+        raw = _section(flat, f"services.{name}")
+        first = raw.get("first_token_timeout")
+        if first is not None and first > raw["timeout"]:
+            where = sources.get(f"services.{name}.first_token_timeout", "configuration")
+            raise PerformanceConfigError(f"services.{name}.first_token_timeout ({first}) must not exceed "
+                                         f"services.{name}.timeout ({raw['timeout']}) (from {where})")
+        enabled = raw.get("enable_queue", True)
+        services[name] = ServiceLimits(name=name, max_concurrent=raw["max_concurrent"],
+                                       queue_size=raw["queue_size"] if enabled else 0, timeout=raw["timeout"],
+                                       pool_size=raw["pool_size"], first_token_timeout=first, enable_queue=enabled,
+                                       per_device=raw.get("per_device"))
+    return services
+
+
+def load(defaults_path, overrides_path=None, environ: Mapping[str, str] | None = None,
+         machine: Machine | None = None) -> PerformanceConfig:
+    """Merge and check the four layers. Pure: no Django, no global state."""
+    environ = os.environ if environ is None else environ
+    machine = machine or Machine.detect()
+    base = _read_yaml(Path(defaults_path), required=True)
+    override = _read_yaml(Path(overrides_path), required=False) if overrides_path else {}
+    override_name = Path(overrides_path).name if overrides_path else ""
+    profiles = _profiles(deep_merge(base.get("profiles") or {}, override.get("profiles") or {}))
+    profile = choose_profile(profiles, machine, environ.get(PROFILE_ENV, ""))
+
+    flat: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    layers = [(_layer({k: v for k, v in base.items() if k != "profiles"}, Path(defaults_path).name),
+               Path(defaults_path).name)]
+    if profile:
+        layers.append((profiles[profile][2], f"profile {profile}"))
+    layers.append((_layer({k: v for k, v in override.items() if k != "profiles"}, override_name), override_name))
+    env_values, env_sources = _env_layer(environ)
+    for values, source in layers:
+        flat.update(values)
+        sources.update(dict.fromkeys(values, source))
+    flat.update(env_values)
+    sources.update(env_sources)
+    _require(flat, SECTIONS)
+    services = _services(flat, sources)
+    ordered = sorted(flat, key=_order)
+    return PerformanceConfig(profile=profile, machine=machine, values=_unflatten({k: flat[k] for k in ordered}),
+                             sources={k: sources[k] for k in ordered}, server=ServerLimits(**_section(flat, "server")),
+                             services=services, database=DatabasePool(**_section(flat, "database")),
+                             redis=RedisPool(**_section(flat, "redis")), profiles=tuple(profiles))
+
+
+def _order(path: str) -> tuple:
+    """Sections and keys in the schema's order, for a stable printed configuration."""
+    section, _, key = path.rpartition(".")
+    names = list(SECTIONS)
+    keys = list(SECTIONS.get(section, {}))
+    return (names.index(section) if section in names else len(names), keys.index(key) if key in keys else len(keys))
 
 
 def parse_limits(data: dict) -> dict[str, ServiceLimits]:
-    services = data.get("services")
-    if not isinstance(services, dict):
+    """The service limits of one already merged mapping (its ``services`` only), checked."""
+    if not isinstance(data.get("services"), dict):
         raise PerformanceConfigError("services must be a mapping with vad, asr, llm and tts")
-    limits = {}
-    for name in SERVICES:
-        raw = services.get(name)
-        if not isinstance(raw, dict):
-            raise PerformanceConfigError(f"services.{name} is missing")
-        limits[name] = ServiceLimits(
-            name=name,
-            max_concurrent=_number(raw, name, "max_concurrent", int, 1),
-            queue_size=_number(raw, name, "queue_size", int, 0),
-            timeout=_number(raw, name, "timeout", float, 0.01),
-            pool_size=_number(raw, name, "pool_size", int, 1),
-            first_token_timeout=_number(raw, name, "first_token_timeout", float, 0.01, required=False),
-        )
-    return limits
+    flat = _layer({"services": data["services"]}, "configuration")
+    _require(flat, [f"services.{name}" for name in SERVICES])
+    return _services(flat, {})
 
 
+# -- this process's configuration ----------------------------------------------------------------------------
 @functools.cache
+def performance_config() -> PerformanceConfig:
+    """The configuration this process runs with (files named by the settings, the real environment)."""
+    from django.conf import settings
+
+    return load(settings.XIAOZHI_PERFORMANCE_FILE, settings.XIAOZHI_PERFORMANCE_OVERRIDES, os.environ)
+
+
 def performance_limits() -> dict[str, ServiceLimits]:
-    base = _read_yaml(Path(settings.XIAOZHI_PERFORMANCE_FILE), required=True)
-    override = _read_yaml(Path(settings.XIAOZHI_PERFORMANCE_OVERRIDES), required=False)
-    return parse_limits(deep_merge(base, override))
+    return performance_config().services
+
+
+performance_limits.cache_clear = performance_config.cache_clear  # older callers clear through this name
 
 
 def service_limits(name: str) -> ServiceLimits:
-    return performance_limits()[name]
+    return performance_config().services[name]
+
+
+def effective_config() -> dict:
+    """Profile, machine, merged values and each value's source: for the monitoring API and admins."""
+    return performance_config().as_dict()

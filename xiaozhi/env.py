@@ -63,8 +63,12 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def database_from_url(url: str) -> dict:
-    """Turn ``mysql://user:pass@host:port/name`` (or ``sqlite:///path``) into a DATABASES entry."""
+def database_from_url(url: str, conn_max_age: int = 60, conn_health_checks: bool = True,
+                      connect_timeout: int | None = None) -> dict:
+    """Turn ``mysql://user:pass@host:port/name`` (or ``sqlite:///path``) into a DATABASES entry.
+
+    The connection reuse figures come from performance.yaml's ``database`` section; options in
+    the URL's query string (``?connect_timeout=3``) win over it."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": unquote(parsed.path[1:]) or ":memory:"}
@@ -76,6 +80,8 @@ def database_from_url(url: str) -> dict:
     if not name:
         raise ImproperlyConfigured("DATABASE_URL must name a database, e.g. mysql://root@127.0.0.1:3306/xiaozhi")
     options = {"charset": "utf8mb4", "init_command": "SET sql_mode='STRICT_TRANS_TABLES'"}
+    if connect_timeout is not None:
+        options["connect_timeout"] = connect_timeout
     for key, values in parse_qs(parsed.query).items():
         options[key] = values[-1]
     return {
@@ -86,7 +92,7 @@ def database_from_url(url: str) -> dict:
         "HOST": parsed.hostname or "127.0.0.1",
         "PORT": str(parsed.port or 3306),
         "OPTIONS": options,
-        "CONN_MAX_AGE": 60,
-        "CONN_HEALTH_CHECKS": True,
+        "CONN_MAX_AGE": conn_max_age,
+        "CONN_HEALTH_CHECKS": conn_health_checks,
         "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
     }

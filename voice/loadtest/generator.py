@@ -4,6 +4,10 @@ Each device is a ``SimulatedDevice`` (the same client as ``talk`` and the tests)
 ramp, doing turns until its count or the run's duration is reached. Audio is encoded before the
 run, received audio is kept only as sizes and times, and every paced frame reports how late it
 left, so the report can say when the generator, not the server, was the bottleneck.
+
+With ``sync_start`` every device first connects and says hello, then all start their first turn in
+the same moment, ``stagger_ms`` apart (device 0 first): simultaneous talkers with a known arrival
+order, for the fairness figures (who is answered, in which order, who hears "busy").
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from voice.loadtest.playout import simulate
+from voice.pipeline.turn import BUSY_REPLY
 from voice.protocol import ServerHello, Stt, Tts
 from voice.simulated_device import SimulatedDevice
 
@@ -32,6 +37,8 @@ class Config:
     turn_timeout: float = 60.0
     trailing_silence: float = 3.0
     seed: int = 0
+    sync_start: bool = False  # all devices connect first, then start their first turn together
+    stagger_ms: float = 0.0  # with sync_start: device i starts speaking i * stagger_ms after device 0
 
 
 def ota_or_ws(target: str) -> tuple[str | None, str | None]:
@@ -55,6 +62,9 @@ class Run:
         self.started = 0.0
         self.active = 0
         self.stalls: list[tuple[float, float]] = []  # (start, end) monotonic, when this loop was blocked
+        self._waiting = 0  # sync_start: devices not yet connected (or failed)
+        self._go: asyncio.Event | None = None
+        self.go_at = 0.0  # sync_start: monotonic time device 0 starts speaking
 
     async def _watch_loop(self, tick: float = 0.01, stall: float = 0.02) -> None:
         """Record when the event loop itself was blocked: frames that arrive then get late timestamps,
@@ -79,7 +89,8 @@ class Run:
         gc.freeze()
         self.started = time.monotonic()
         c = self.config
-        step = c.ramp_up / c.devices if c.devices > 1 else 0.0
+        step = c.ramp_up / c.devices if c.devices > 1 and not c.sync_start else 0.0
+        self._waiting, self._go = c.devices, asyncio.Event()
         watcher = asyncio.create_task(self._watch_loop())
         try:
             await asyncio.gather(*(self._device(i, i * step) for i in range(c.devices)))
@@ -88,6 +99,17 @@ class Run:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def _arrived(self) -> None:
+        """sync_start: one more device is ready (or failed); the last one fixes the common start."""
+        self._waiting -= 1
+        if self._waiting == 0:
+            self.go_at = time.monotonic() + 0.2  # a moment for every device's task to be waiting
+            self._go.set()
+
+    async def _wait_for_start(self, index: int) -> None:
+        await self._go.wait()
+        await asyncio.sleep(max(0.0, self.go_at + index * self.config.stagger_ms / 1000 - time.monotonic()))
 
     async def _device(self, index: int, delay: float) -> None:
         c = self.config
@@ -100,6 +122,7 @@ class Run:
         device.continuous_pace = True
         ota_url, ws_url = ota_or_ws(c.target)
         self.active += 1
+        arrived = False
         try:
             t0 = time.monotonic()
             try:
@@ -120,6 +143,10 @@ class Run:
                 return
             info["hello_ms"] = (time.monotonic() - t1) * 1000
             info["connected"] = True
+            if c.sync_start:
+                arrived = True
+                self._arrived()
+                await self._wait_for_start(index)
             n = 0
             while True:
                 if c.turns is not None and n >= c.turns:
@@ -128,6 +155,7 @@ class Run:
                     break
                 frames = c.utterances[(index + n) % len(c.utterances)]
                 turn = await self._turn(device, index, n, frames)
+                turn["sync"] = c.sync_start and n == 0
                 self.turns.append(turn)
                 n += 1
                 if turn["error"] == "closed":
@@ -135,6 +163,8 @@ class Run:
                 if c.think_time:
                     await asyncio.sleep(c.think_time * rng.uniform(0.8, 1.2))
         finally:
+            if c.sync_start and not arrived:
+                self._arrived()  # a device that never got in must not hold the others back
             self.active -= 1
             try:
                 await device.close()
@@ -180,7 +210,18 @@ class Run:
         closed = any(e.kind == "closed" for e in events)
         sentence = next((e.message.text for e in events if isinstance(e.message, Tts) and e.message.state == "sentence_start"), None)
         row["reply"] = sentence
-        if not any(isinstance(e.message, Stt) for e in events):
+        texts = [e.message.text for e in events if isinstance(e.message, Tts) and e.message.state == "sentence_start"]
+        first_audio = arrivals[0] if arrivals else None
+        at = lambda t: None if t is None else round(t - self.started, 3)  # noqa: E731 - run-relative seconds
+        row.update(speech_end_s=at(result.speech_end), tts_start_s=at(tts_start.at if tts_start else None),
+                   first_audio_s=at(first_audio), busy=BUSY_REPLY in texts)
+        if row["busy"]:
+            # The server's spoken refusal (a full queue), with or without stt: counted apart, and its
+            # speed says nothing about answering, so it stays out of the latency figures.
+            row["error"] = "busy"
+            for key in ("tts_start_ms", "ttfa_ms"):
+                row["reply_" + key], row[key] = row[key], None
+        elif not any(isinstance(e.message, Stt) for e in events):
             if tts_start is not None:
                 # Spoken without hearing us: a refusal such as "I am busy" (the server shedding load).
                 # Its speed says nothing about answering, so it stays out of the latency figures.

@@ -80,6 +80,8 @@ def build(devices: list[dict], turns: list[dict], lateness_ms: list[float], sett
         "settings": settings, "targets": targets.as_dict(), "wall_seconds": round(wall_seconds, 1),
         "devices": len(devices), "devices_connected": sum(1 for d in devices if d.get("connected")),
         "turns_attempted": len(turns), "turns_completed": completed,
+        # turns the server refused with its spoken busy notice (also under errors, as "busy")
+        "busy_turns": errors.get("busy", 0), "busy_rate": round(errors.get("busy", 0) / attempts, 4) if attempts else 0.0,
         "errors": dict(errors), "error_rate": round(error_rate, 4),
         "figures": figures, "audio": audio,
         "generator": {"behind_schedule": bool(late["max"] is not None and late["p95"] > LATE_FLAG_MS),
@@ -87,11 +89,66 @@ def build(devices: list[dict], turns: list[dict], lateness_ms: list[float], sett
                       "frames_later_than_flag": sum(1 for v in lateness_ms if v > LATE_FLAG_MS),
                       "stalls": {"count": len(stalls),
                                  "max_ms": round(max(((b - a) * 1000 for a, b in stalls), default=0.0), 1)}},
+        "fairness": fairness([t for t in turns if t.get("sync")]),
         "turns": turns,
     }
     report["verdict"] = verdict(report, targets)
     report["passed"] = all(v["passed"] for v in report["verdict"].values())
     return report
+
+
+def _ranks(rows: list[dict], key: str) -> dict[int, int]:
+    """device -> 1-based position when ``rows`` are ordered by ``key`` (ties keep device order)."""
+    ordered = sorted(rows, key=lambda t: (t[key], t["device"]))
+    return {t["device"]: i + 1 for i, t in enumerate(ordered)}
+
+
+def fairness(turns: list[dict]) -> dict | None:
+    """Simultaneous talkers (one turn each): arrival order (when each finished speaking) against the
+    order their answers started (first audio), who heard "busy", who got nothing, and stutter."""
+    turns = [t for t in turns if t.get("speech_end_s") is not None]
+    if not turns:
+        return None
+    origin = min(t["speech_end_s"] for t in turns)
+    arrival = _ranks(turns, "speech_end_s")
+    answered = [t for t in turns if not t.get("error") and t.get("first_audio_s") is not None]
+    answer = _ranks(answered, "first_audio_s")
+    ms = lambda v: None if v is None else round((v - origin) * 1000)  # noqa: E731
+    rows = []
+    for t in sorted(turns, key=lambda t: arrival[t["device"]]):
+        outcome = "answered" if t["device"] in answer else ("busy" if t.get("busy") else (t.get("error") or "unanswered"))
+        rows.append({"device": t["device"], "speech_end_ms": ms(t["speech_end_s"]),
+                     "first_audio_ms": ms(t.get("first_audio_s") if outcome == "answered" else None),
+                     "ttfa_ms": t.get("ttfa_ms"), "outcome": outcome, "arrival": arrival[t["device"]],
+                     "answer": answer.get(t["device"]), "underruns": t.get("underruns", 0),
+                     "underrun_seconds": t.get("underrun_seconds", 0.0)})
+    served = [r for r in rows if r["answer"] is not None]  # in arrival order
+    inversions = sum(1 for i, a in enumerate(served) for b in served[i + 1:] if a["answer"] > b["answer"])
+    busy = [r for r in rows if r["outcome"] == "busy"]
+    latest_answered = max((r["arrival"] for r in served), default=0)
+    return {
+        "talkers": len(rows), "answered": len(served), "busy": len(busy),
+        "unanswered": len(rows) - len(served) - len(busy),  # neither an answer nor "busy": starved
+        "answered_in_arrival_order": inversions == 0, "order_inversions": inversions,
+        "busy_after_every_answered": all(r["arrival"] > latest_answered for r in busy),
+        "answered_underruns": sum(r["underruns"] for r in served),
+        "answered_underrun_seconds": round(sum(r["underrun_seconds"] for r in served), 3),
+        "devices": rows,
+    }
+
+
+def fairness_table(f: dict) -> str:
+    lines = [f"simultaneous talkers: {f['talkers']}, answered {f['answered']}, busy {f['busy']}, "
+             f"unanswered {f['unanswered']}; answered in arrival order: "
+             f"{'yes' if f['answered_in_arrival_order'] else 'NO (%d inversions)' % f['order_inversions']}; "
+             f"busy only after every answered arrival: {'yes' if f['busy_after_every_answered'] else 'no'}; "
+             f"stutter of the answered: {f['answered_underruns']} underruns ({f['answered_underrun_seconds']} s)",
+             f"{'device':>6}{'speech end':>12}{'first audio':>13}{'ttfa':>8}  {'outcome':<12}{'arrival':>8}{'answer':>8}{'underruns':>11}"]
+    for r in f["devices"]:
+        lines.append(f"{r['device']:>6}{_fmt(r['speech_end_ms']):>12}{_fmt(r['first_audio_ms']):>13}{_fmt(r['ttfa_ms']):>8}  "
+                     f"{r['outcome']:<12}{r['arrival']:>8}{'-' if r['answer'] is None else r['answer']:>8}{r['underruns']:>11}")
+    lines.append("(ms after the first talker's end of speech; arrival = order of end of speech, answer = order of first audio)")
+    return "\n".join(lines)
 
 
 def verdict(report: dict, targets: Targets) -> dict:
@@ -135,7 +192,10 @@ def table(report: dict) -> str:
     if s:
         lines.append(f"generator loop stalls > 20 ms: {s['count']} (longest {s['max_ms']:.0f} ms)")
     lines.append("errors: " + (", ".join(f"{k} {v}" for k, v in sorted(report["errors"].items())) or "none")
-                 + f" (rate {report['error_rate']:.2%})")
+                 + f" (rate {report['error_rate']:.2%}); answered with the busy notice: {report.get('busy_turns', 0)} "
+                 f"({report.get('busy_rate', 0):.2%})")
+    if report.get("fairness"):
+        lines.append(fairness_table(report["fairness"]))
     g = report["generator"]
     if g["behind_schedule"]:
         lines.append(f"WARNING: the generator fell behind its schedule (send lateness p95 {g['lateness_p95_ms']} ms, "

@@ -13,6 +13,8 @@ import time
 
 from websockets.asyncio.server import serve
 
+from voice.pipeline.turn import BUSY_REPLY
+
 HELLO = {"type": "hello", "transport": "websocket", "session_id": "scripted",
          "audio_params": {"format": "opus", "sample_rate": 24000, "channels": 1, "frame_duration": 60}}
 
@@ -30,18 +32,36 @@ class ScriptedServer:
     """Answers each ``listen stop`` (manual mode) or the ``speech_frames``-th audio frame after
     ``listen start`` (auto mode) with stt after ``stt`` s, tts start ``tts_start`` s later, then
     audio frames at ``frame_offsets`` (s after the first, which comes ``first_audio`` s later),
-    ``tts sentence_end`` and an unknown message (a device must tolerate both), and ``tts stop``."""
+    ``tts sentence_end`` and an unknown message (a device must tolerate both), and ``tts stop``.
 
-    def __init__(self, frame_offsets, stt=0.2, tts_start=0.1, first_audio=0.1, speech_frames=None):
+    With ``slots``, it admits as the real server's ASR does: ``slots`` requests served at once for
+    ``service`` s each (before ``stt``), up to ``queue`` more waiting in arrival order, and any
+    request beyond that answered at once with the server's busy notice (no ``stt``)."""
+
+    def __init__(self, frame_offsets, stt=0.2, tts_start=0.1, first_audio=0.1, speech_frames=None,
+                 slots=None, queue=0, service=0.0):
         self.frame_offsets = frame_offsets
         self.stt, self.tts_start, self.first_audio = stt, tts_start, first_audio
         self.speech_frames = speech_frames
+        self.slots, self.queue, self.service = slots, queue, service
+        self.in_service = 0
+        self.semaphore: asyncio.Semaphore | None = None
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.port = None
         self.stop = None
 
     async def answer(self, ws):
+        if self.slots is not None:
+            if self.in_service >= self.slots + self.queue:
+                await self.say_busy(ws)
+                return
+            self.in_service += 1
+            try:
+                async with self.semaphore:  # FIFO: waiters are served in arrival order
+                    await asyncio.sleep(self.service)
+            finally:
+                self.in_service -= 1
         await asyncio.sleep(self.stt)
         await ws.send(json.dumps({"type": "stt", "text": "hello"}))
         await asyncio.sleep(self.tts_start)
@@ -56,6 +76,15 @@ class ScriptedServer:
                 await asyncio.sleep(delay)
             await ws.send(b"\x01" * 40)
         await ws.send(json.dumps({"type": "tts", "state": "sentence_end", "text": "Hi."}))
+        await ws.send(json.dumps({"type": "tts", "state": "stop"}))
+
+    async def say_busy(self, ws):
+        await ws.send(json.dumps({"type": "tts", "state": "start"}))
+        await ws.send(json.dumps({"type": "tts", "state": "sentence_start", "text": BUSY_REPLY}))
+        first = time.monotonic()
+        for offset in paced_with_lead(10):
+            await asyncio.sleep(max(0.0, first + offset - time.monotonic()))
+            await ws.send(b"\x01" * 40)
         await ws.send(json.dumps({"type": "tts", "state": "stop"}))
 
     async def handler(self, ws):
@@ -79,6 +108,7 @@ class ScriptedServer:
 
     async def serve(self, host="127.0.0.1", port=0):
         self.stop = asyncio.Event()
+        self.semaphore = asyncio.Semaphore(self.slots or 1)
         async with serve(self.handler, host, port, compression=None) as server:
             self.port = list(server.sockets)[0].getsockname()[1]
             self.ready.set()

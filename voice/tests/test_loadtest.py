@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from voice.loadtest.chart import ttfa_svg
 from voice.loadtest.generator import Config, Run, ota_or_ws
 from voice.loadtest.playout import simulate
-from voice.loadtest.report import Targets, build, percentile
+from voice.loadtest.report import Targets, build, percentile, table
 from voice.loadtest.scripted import ScriptedServer as Scripted, paced, paced_with_lead
 from voice.simulated_device import SimulatedDevice, silence_frames
 
@@ -182,3 +182,64 @@ def test_the_admin_change_page_shows_the_svg_chart(admin_client):
     page = admin_client.get(f"/admin/voice/loadtestrun/{run.pk}/change/")
     assert page.status_code == 200 and b"<svg" in page.content and b"<circle" in page.content
     assert admin_client.get("/admin/voice/loadtestrun/").status_code == 200
+
+
+# -- simultaneous talkers: busy answers and the order of service ------------------------------------------------
+def test_simultaneous_talkers_are_ordered_and_overflow_is_counted_as_busy():
+    """One slot, one waiting place, 0.3 s per request: of 5 talkers 50 ms apart, the first two are answered in
+    the order they finished speaking and the other three hear the busy notice."""
+    server = Scripted(paced_with_lead(10), stt=0.05, tts_start=0.0, first_audio=0.05, slots=1, queue=1, service=0.3)
+    with server as url:
+        run = Run(Config(target=url, devices=5, turns=1, mode="manual", think_time=0, utterances=[silence_frames(5)],
+                         sync_start=True, stagger_ms=50))
+        asyncio.run(run.run())
+    report = build(run.devices, run.turns, run.lateness_ms, {}, Targets(), 1.0)
+    assert report["busy_turns"] == 3 and report["turns_completed"] == 2 and report["errors"] == {"busy": 3}
+    assert report["figures"]["ttfa_ms"]["count"] == 2  # busy replies stay out of the latency figures
+    f = report["fairness"]
+    assert (f["talkers"], f["answered"], f["busy"], f["unanswered"]) == (5, 2, 3, 0)
+    assert f["answered_in_arrival_order"] and f["busy_after_every_answered"] and f["answered_underruns"] == 0
+    rows = f["devices"]
+    assert [r["device"] for r in rows] == [0, 1, 2, 3, 4] and [r["arrival"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["outcome"] for r in rows] == ["answered", "answered", "busy", "busy", "busy"]
+    assert [r["answer"] for r in rows] == [1, 2, None, None, None]
+    assert [r["speech_end_ms"] for r in rows] == sorted(r["speech_end_ms"] for r in rows)
+    for r, step in zip(rows[1:], range(1, 5)):  # the stagger held: 50 ms apart
+        assert 50 * step - 20 <= r["speech_end_ms"] <= 50 * step + 20
+    # the queued device waited for the first's service: its first audio ~0.3 s after the first's
+    assert 250 <= rows[1]["first_audio_ms"] - rows[0]["first_audio_ms"] <= 450
+
+
+def test_answer_order_against_arrival_order_is_computed_from_the_times():
+    def turn(device, end, audio, error=None, busy=False, underruns=0):
+        return {"device": device, "turn": 0, "sync": True, "speech_end_s": end, "first_audio_s": audio,
+                "error": error, "busy": busy, "underruns": underruns, "ttfa_ms": None if audio is None else (audio - end) * 1000}
+
+    turns = [turn(2, 10.10, 11.0), turn(0, 10.00, 12.0, underruns=2), turn(1, 10.05, 11.5), turn(3, 10.15, None, "busy", True),
+             turn(4, 10.20, None, "no_stt"), {"device": 5, "turn": 1, "sync": False, "speech_end_s": 9.0, "error": None}]
+    f = build([], turns, [], {}, Targets(), 1.0)["fairness"]
+    rows = {r["device"]: r for r in f["devices"]}
+    assert [r["device"] for r in f["devices"]] == [0, 1, 2, 3, 4]  # arrival order; the unsynchronised turn is left out
+    assert {d: (r["arrival"], r["answer"]) for d, r in rows.items()} == {
+        0: (1, 3), 1: (2, 2), 2: (3, 1), 3: (4, None), 4: (5, None)}
+    assert f["order_inversions"] == 3 and not f["answered_in_arrival_order"]  # fully reversed: 3 pairs
+    assert (f["answered"], f["busy"], f["unanswered"]) == (3, 1, 1) and rows[4]["outcome"] == "no_stt"
+    assert rows[0]["speech_end_ms"] == 0 and rows[2]["first_audio_ms"] == 1000 and f["answered_underruns"] == 2
+    assert f["busy_after_every_answered"]
+    table_text = table(build([], turns, [], {}, Targets(), 1.0))
+    assert "NO (3 inversions)" in table_text and "answered with the busy notice: 1" in table_text
+
+
+def test_the_command_takes_sync_start_and_stagger(tmp_path):
+    out = tmp_path / "report.json"
+    server = Scripted(paced_with_lead(5), stt=0.05, tts_start=0.0, first_audio=0.05, slots=1, queue=0, service=0.2)
+    with server as url:
+        call_command("loadtest", "--target", url, "--devices", "3", "--turns", "1", "--mode", "manual",
+                     "--text", "Hi.", "--think-time", "0", "--sync-start", "--stagger-ms", "40", "--report", str(out),
+                     "--quiet", "--no-store")
+    report = json.loads(out.read_text())
+    assert report["settings"]["sync_start"] and report["settings"]["stagger_ms"] == 40
+    assert report["busy_turns"] == 2 and report["fairness"]["answered"] == 1
+    assert [r["outcome"] for r in report["fairness"]["devices"]] == ["answered", "busy", "busy"]
+    with pytest.raises(CommandError, match="needs --sync-start"):
+        call_command("loadtest", "--target", url, "--stagger-ms", "40", "--quiet", "--no-store")

@@ -34,6 +34,12 @@ class Command(BaseCommand):
         parser.add_argument("--steps", help="comma-separated device counts run one after the other (e.g. "
                                             "50,100,200,400); stops at the first that misses a target (the ceiling)")
         parser.add_argument("--ramp-up", type=float, default=0.0, help="seconds over which the devices start")
+        parser.add_argument("--sync-start", action="store_true",
+                            help="connect every device first, then start their first turns together (ignores "
+                                 "--ramp-up): simultaneous talkers, with a fairness section in the report")
+        parser.add_argument("--stagger-ms", type=float, default=0.0,
+                            help="with --sync-start: device i starts speaking i x this many ms after device 0, "
+                                 "so the arrival order is known")
         parser.add_argument("--turns", type=int, default=None, help="turns per device (default 1 without --duration)")
         parser.add_argument("--duration", type=float, help="seconds; devices start no new turn after it")
         parser.add_argument("--mode", choices=["auto", "manual", "realtime"], default="auto", help="listen mode")
@@ -67,6 +73,8 @@ class Command(BaseCommand):
         counts = [int(n) for n in options["steps"].split(",")] if options["steps"] else [options["devices"]]
         if any(n < 1 for n in counts):
             raise CommandError("device counts must be positive")
+        if options["stagger_ms"] < 0 or (options["stagger_ms"] and not options["sync_start"]):
+            raise CommandError("--stagger-ms must be >= 0 and needs --sync-start")
         server = contextlib.nullcontext(options["target"])
         if options["spawn_server"]:
             from voice.loadtest.server import local_server
@@ -78,12 +86,14 @@ class Command(BaseCommand):
                 config = Config(target=target, devices=count, ramp_up=options["ramp_up"], turns=turns, duration=duration,
                                 mode=options["mode"], utterances=utterances, think_time=options["think_time"],
                                 binary_version=options["binary_version"], turn_timeout=options["turn_timeout"],
-                                trailing_silence=options["trailing_silence"])
+                                trailing_silence=options["trailing_silence"], sync_start=options["sync_start"],
+                                stagger_ms=options["stagger_ms"])
                 settings = {"target": target, "spawn_server": options["spawn_server"], "devices": count,
                             "ramp_up": options["ramp_up"], "turns": turns, "duration": duration, "mode": options["mode"],
                             "texts": options["text"] or ([] if options["wav"] else DEFAULT_TEXTS), "wavs": options["wav"],
                             "think_time": options["think_time"], "binary_version": options["binary_version"],
-                            "turn_timeout": options["turn_timeout"], "expect_audio_seconds": options["expect_audio_seconds"]}
+                            "turn_timeout": options["turn_timeout"], "expect_audio_seconds": options["expect_audio_seconds"],
+                            "sync_start": options["sync_start"], "stagger_ms": options["stagger_ms"]}
                 report = self.run_once(config, settings, targets, options)
                 path = options["report"]
                 if path and len(counts) > 1:
