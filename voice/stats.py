@@ -13,9 +13,17 @@ SAMPLE_WINDOW = 1000  # latest samples kept per latency figure
 
 _lock = threading.Lock()
 _counters: collections.Counter = collections.Counter()
-_gauges: dict[str, float] = {"connected_devices": 0, "active_turns": 0}
+# vad_pending_packets: uplink packets queued for the VAD in all sessions (voice/pipeline/packet_queue.py).
+_gauges: dict[str, float] = {"connected_devices": 0, "active_turns": 0, "vad_pending_packets": 0}
 _samples: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=SAMPLE_WINDOW))
 _turn_times: collections.deque = collections.deque(maxlen=10000)  # monotonic end times, for turns/minute
+
+
+# Listening figures (read by benchmarks/listening_capacity.py as well as monitoring):
+#   counters vad_packets (heard), audio_dropped (queue full), audio_lost (VAD busy/failed),
+#   vad_chunks and vad_model_runs (chunks per run = the VAD's batch size), vad_batch_cycles and
+#   vad_batch_sessions (cross-session batching); sample vad_lag_ms: a packet batch's oldest packet,
+#   from its arrival to the end of its VAD processing.
 
 
 def incr(name: str, amount: float = 1) -> None:

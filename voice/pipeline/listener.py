@@ -1,7 +1,8 @@
 """Turns a device's uplink Opus packets into utterances.
 
 Per-session state only (decoder, VAD stream, buffers); the VAD model itself is shared. ``process``
-is blocking and runs on the VAD service's thread, a batch of packets at a time, so the event loop
+(or ``decode`` / ``apply`` around a VAD run shared with other sessions, see ``vad_batcher.py``) is
+blocking and runs on the VAD service's thread, a batch of packets at a time, so the event loop
 never decodes or runs the model. Tiny packets are the firmware's DTX silence: they skip decoding
 and VAD entirely, which makes a quiet listening device almost free.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voice import stats
 from voice.audio.opus import OpusDecoder
 from voice.providers.base import VADModel
 
@@ -29,6 +31,15 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class DecodedBatch:
+    """One session's packets after decoding, waiting for their VAD scores."""
+
+    items: list  # (float32 PCM, or None for a DTX packet, arrival time) per packet
+    to_score: list[np.ndarray]  # the PCM the VAD must score, packet by packet, in order
+    mode: str
+
+
+@dataclass(frozen=True)
 class Utterance:
     pcm: np.ndarray  # float32, 16 kHz mono
     speech_end: float  # monotonic arrival time of the last packet that carried voice
@@ -42,6 +53,7 @@ class Utterance:
 class Listener:
     def __init__(self, vad: VADModel, *, silence_ms: int, threshold: float, max_seconds: float, mode: str = "auto"):
         self.decoder = OpusDecoder(SAMPLE_RATE, 1)
+        self.vad = vad
         self.vad_stream = vad.new_stream()
         self.silence_ms = silence_ms
         self.threshold = threshold
@@ -69,39 +81,67 @@ class Listener:
 
     # -- the hot path ------------------------------------------------------------------------------------
     def process(self, packets: list[tuple[bytes, float]]) -> list[SpeechStarted | Utterance]:
-        events: list[SpeechStarted | Utterance] = []
+        """Decode, score and cut one session's packets on its own: one model run per 32 ms chunk.
+        The cross-session batcher (``vad_batcher.py``) runs the same three steps, scoring many
+        sessions' chunks together in between."""
+        batch = self.decode(packets)
+        scores = [self.vad_stream.probabilities(pcm) for pcm in batch.to_score]
+        chunks = sum(len(s) for s in scores)
+        stats.incr("vad_chunks", chunks)
+        stats.incr("vad_model_runs", chunks)
+        return self.apply(batch, scores)
+
+    def decode(self, packets: list[tuple[bytes, float]]) -> DecodedBatch:
+        """Step 1: Opus-decode the packets (DTX ones skip it) and list the PCM the VAD must score:
+        every decoded packet, unless manual mode (which cuts on ``listen stop``, not on voice)."""
+        items: list[tuple[np.ndarray | None, float]] = []
         for packet, arrived in packets:
             if len(packet) <= DTX_MAX_BYTES:
+                items.append((None, arrived))
+            else:
+                items.append((self.decoder.decode(packet).astype(np.float32) / 32768.0, arrived))
+        to_score = [] if self.mode == "manual" else [pcm for pcm, _ in items if pcm is not None]
+        return DecodedBatch(items, to_score, self.mode)
+
+    def apply(self, batch: DecodedBatch, probs: list[list[float]]) -> list[SpeechStarted | Utterance]:
+        """Step 3: run the utterance state machine over the packets, ``probs[i]`` being the VAD
+        scores of ``batch.to_score[i]``."""
+        if len(probs) != len(batch.to_score):
+            raise ValueError(f"expected VAD scores for {len(batch.to_score)} packets, got {len(probs)}")
+        scores = iter(probs)
+        events: list[SpeechStarted | Utterance] = []
+        for pcm, arrived in batch.items:
+            if pcm is None:
                 self._silence(60.0, events)
-                continue
-            pcm = self.decoder.decode(packet).astype(np.float32) / 32768.0
-            if self.mode == "manual":
+            elif batch.mode == "manual":
                 self._append(pcm)
                 self.last_voice_at = arrived
                 if self.buffered_samples >= self.max_samples:
                     events.append(self._cut("max_length"))
-                continue
-            probs = self.vad_stream.probabilities(pcm)
-            for p in probs:
-                if p >= self.threshold:
-                    self.voiced_run += 1
-                elif p < self.release_threshold:
-                    self.voiced_run = 0
-            voiced = any(p >= self.threshold for p in probs)
-            if not self.in_speech:
-                self.preroll.append(pcm)
-                if self.voiced_run >= START_CHUNKS:
-                    self._start(arrived, events)
-                continue
-            self._append(pcm)
-            if voiced:
-                self.last_voice_at = arrived
-                self.silent_ms = 0.0
-            elif all(p < self.release_threshold for p in probs):
-                self._count_silence(len(pcm) * 1000 / SAMPLE_RATE, events)
-            if self.in_speech and self.buffered_samples >= self.max_samples:
-                events.append(self._cut("max_length"))
+            else:
+                self._scored_packet(pcm, arrived, next(scores), events)
         return events
+
+    def _scored_packet(self, pcm: np.ndarray, arrived: float, probs: list[float], events: list) -> None:
+        for p in probs:
+            if p >= self.threshold:
+                self.voiced_run += 1
+            elif p < self.release_threshold:
+                self.voiced_run = 0
+        voiced = any(p >= self.threshold for p in probs)
+        if not self.in_speech:
+            self.preroll.append(pcm)
+            if self.voiced_run >= START_CHUNKS:
+                self._start(arrived, events)
+            return
+        self._append(pcm)
+        if voiced:
+            self.last_voice_at = arrived
+            self.silent_ms = 0.0
+        elif all(p < self.release_threshold for p in probs):
+            self._count_silence(len(pcm) * 1000 / SAMPLE_RATE, events)
+        if self.in_speech and self.buffered_samples >= self.max_samples:
+            events.append(self._cut("max_length"))
 
     def _start(self, arrived: float, events: list) -> None:
         self.in_speech = True

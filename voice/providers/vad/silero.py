@@ -119,3 +119,33 @@ class SileroVAD:
             for row, i in enumerate(ready):
                 streams[i].state = new_state[:, row : row + 1, :].copy()
                 results[i].append(float(probs[row, 0]))
+
+    def probabilities_grouped(
+        self, streams: list[SileroStream], packets: list[list[np.ndarray]], max_batch: int = 64
+    ) -> list[list[list[float]]]:
+        """Several sessions' packets scored together: ``packets[i]`` is fed to ``streams[i]`` in
+        order and the result holds, per stream and per packet, the scores of the chunks that packet
+        completed (exactly what ``probabilities`` would return packet by packet). At most
+        ``max_batch`` streams share one model run, which bounds each run's memory and time."""
+        if len(streams) != len(packets):
+            raise ValueError("one packet list per stream is required")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        fed: list[np.ndarray] = []
+        ends: list[list[int]] = []  # per stream: chunks completed after each packet
+        for stream, pcms in zip(streams, packets):
+            before = stream.pending.size
+            sizes = np.cumsum([before] + [np.asarray(p).size for p in pcms])
+            ends.append([int(total) // CHUNK for total in sizes[1:]])
+            fed.append(np.concatenate(pcms) if pcms else np.zeros(0, np.float32))
+        flat: list[list[float]] = []
+        for start in range(0, len(streams), max_batch):
+            flat += self.probabilities_batch(streams[start : start + max_batch], fed[start : start + max_batch])
+        out = []
+        for scores, stream_ends in zip(flat, ends):
+            first, per_packet = 0, []
+            for end in stream_ends:
+                per_packet.append(scores[first:end])
+                first = end
+            out.append(per_packet)
+        return out

@@ -1,0 +1,231 @@
+"""How a session's uplink packets reach the VAD: alone, or scored together with other sessions'.
+
+One onnxruntime run of Silero costs nearly the same for one 32 ms chunk as for dozens (about
+0.2 ms against 0.06 ms a chunk in a batch of 64 on this project's machines), so with many devices
+listening, scoring each session's chunks on its own spends the VAD thread on per-run overhead.
+
+``XIAOZHI_VAD_BATCHING`` picks the path:
+
+* ``cross_session`` (default): sessions hand their packet batches to their event loop's
+  ``VADBatcher``. One call on the VAD service decodes every waiting session's packets, scores all
+  their chunks in shared model runs (at most ``XIAOZHI_VAD_MAX_BATCH`` sessions a run), and runs each
+  session's utterance logic. While one cycle runs, the next one's jobs gather, so batches grow with
+  load and an idle server adds no wait.
+* ``session``: one VAD-service call per session batch, one model run per chunk.
+* ``packet``: the naive baseline: one VAD-service call per packet, one model run per chunk.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import weakref
+from dataclasses import dataclass
+
+from voice import stats
+from voice.pipeline.listener import DecodedBatch, Listener, SpeechStarted, Utterance
+from voice.workers import ServiceBusy
+
+MODES = ("cross_session", "session", "packet")
+MAX_SESSIONS_PER_CYCLE = 256
+# Bounds one cycle's work (~0.2 s of one core at ~0.2 ms a packet), so a cycle never nears the VAD
+# service's timeout: a timed-out cycle keeps the thread busy, the next one waits behind it and times
+# out too, and the server stops hearing anyone. Under overload the backlog waits in the sessions'
+# bounded queues instead (their oldest packets are dropped, and counted).
+MAX_PACKETS_PER_CYCLE = 1024
+MAX_WAITING_JOBS = 4096  # one job per session is the norm; beyond this the batcher refuses (busy)
+
+Events = list[SpeechStarted | Utterance]
+
+
+async def hear(listener: Listener, packets: list[tuple[bytes, float]], owner: str | None = None) -> Events:
+    """Decode, VAD and cut ``packets`` (``(payload, arrival)`` pairs) of one session, off the loop,
+    the way ``XIAOZHI_VAD_BATCHING`` says."""
+    from django.conf import settings
+
+    mode = settings.XIAOZHI_VAD_BATCHING
+    if mode == "cross_session":
+        return await batcher().process(listener, packets)
+    service = _vad_service()
+    if mode == "session":
+        return await service.run(listener.process, packets, owner=owner)
+    events: Events = []
+    for packet in packets:
+        events += await service.run(listener.process, [packet], owner=owner)
+    return events
+
+
+def _vad_service():
+    from voice.workers import services
+
+    return services()["vad"]
+
+
+async def _run_on_vad_service(fn, *args):
+    return await _vad_service().run(fn, *args)
+
+
+# -- one cycle, on the VAD thread ---------------------------------------------------------------------------
+def run_cycle(jobs: list[tuple[Listener, list[tuple[bytes, float]]]], max_batch: int) -> list[Events | Exception]:
+    """Decode every job's packets, score all their chunks together, cut utterances. A failure in
+    one session's step is returned as that job's result, so it cannot fail the others."""
+    decoded: list[DecodedBatch | Exception] = []
+    for listener, packets in jobs:
+        try:
+            decoded.append(listener.decode(packets))
+        except Exception as exc:  # noqa: BLE001 - handed back to that session
+            decoded.append(exc)
+    scores: dict[int, list[list[float]] | Exception] = {}
+    by_model: dict[int, list[int]] = collections.defaultdict(list)
+    for i, batch in enumerate(decoded):
+        if isinstance(batch, DecodedBatch) and batch.to_score:
+            by_model[id(jobs[i][0].vad)].append(i)
+    chunks = runs = 0
+    for members in by_model.values():
+        model = jobs[members[0]][0].vad
+        streams = [jobs[i][0].vad_stream for i in members]
+        pcms = [decoded[i].to_score for i in members]
+        grouped = getattr(model, "probabilities_grouped", None)
+        try:
+            if grouped is not None:
+                results = grouped(streams, pcms, max_batch=max_batch)
+                for start in range(0, len(results), max_batch):
+                    runs += max(sum(len(p) for p in per_packet) for per_packet in results[start : start + max_batch])
+            else:  # a VAD without batching: each stream on its own
+                results = [[stream.probabilities(pcm) for pcm in packet_pcms] for stream, packet_pcms in zip(streams, pcms)]
+                runs += sum(len(p) for per_packet in results for p in per_packet)
+        except Exception as exc:  # noqa: BLE001
+            for i in members:
+                scores[i] = exc
+            continue
+        for i, per_packet in zip(members, results):
+            scores[i] = per_packet
+            chunks += sum(len(p) for p in per_packet)
+    out: list[Events | Exception] = []
+    for i, batch in enumerate(decoded):
+        result = scores.get(i, [])
+        if isinstance(batch, Exception) or isinstance(result, Exception):
+            out.append(batch if isinstance(batch, Exception) else result)
+            continue
+        try:
+            out.append(jobs[i][0].apply(batch, result))
+        except Exception as exc:  # noqa: BLE001
+            out.append(exc)
+    stats.incr("vad_chunks", chunks)
+    stats.incr("vad_model_runs", runs)
+    stats.incr("vad_batch_cycles")
+    stats.incr("vad_batch_sessions", len(jobs))
+    return out
+
+
+# -- the batcher, one per event loop -------------------------------------------------------------------------
+@dataclass
+class _Job:
+    listener: Listener
+    packets: list[tuple[bytes, float]]
+    future: asyncio.Future
+
+
+class VADBatcher:
+    """Gathers sessions' packet batches and runs them through the VAD service a cycle at a time.
+
+    Owns one task, alive only while jobs wait (so an idle loop holds nothing); ``close`` cancels
+    it and fails whatever still waits. A session has at most one job in a cycle: a second job of
+    the same session waits for the next cycle, so its packets stay in order."""
+
+    def __init__(self, max_batch: int, dispatch=_run_on_vad_service, max_waiting: int = MAX_WAITING_JOBS,
+                 max_sessions_per_cycle: int = MAX_SESSIONS_PER_CYCLE, max_packets_per_cycle: int = MAX_PACKETS_PER_CYCLE):
+        self.max_batch = max_batch
+        self.max_packets_per_cycle = max_packets_per_cycle
+        self.max_waiting = max_waiting
+        self.max_sessions_per_cycle = max_sessions_per_cycle
+        self._dispatch = dispatch
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._task: asyncio.Task | None = None
+        self._cycle: list[_Job] = []
+        self.closed = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._jobs)
+
+    async def process(self, listener: Listener, packets: list[tuple[bytes, float]]) -> Events:
+        if self.closed:
+            raise ServiceBusy("the VAD batcher is shut down")
+        if len(self._jobs) >= self.max_waiting:
+            stats.incr("vad_batcher_rejected")
+            raise ServiceBusy(f"vad batcher is full ({len(self._jobs)} session batches waiting)")
+        loop = asyncio.get_running_loop()
+        job = _Job(listener, packets, loop.create_future())
+        self._jobs.append(job)
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="vad-batcher")
+        return await job.future
+
+    def _next_cycle(self) -> list[_Job]:
+        cycle: list[_Job] = []
+        seen: set[int] = set()
+        later: list[_Job] = []
+        packets = 0
+        while self._jobs and len(cycle) < self.max_sessions_per_cycle and packets < self.max_packets_per_cycle:
+            job = self._jobs.popleft()
+            if job.future.done():  # its session stopped waiting (closed)
+                continue
+            if id(job.listener) in seen:
+                later.append(job)
+                continue
+            seen.add(id(job.listener))
+            cycle.append(job)
+            packets += len(job.packets)
+        self._jobs.extendleft(reversed(later))
+        return cycle
+
+    async def _run(self) -> None:
+        try:
+            while self._jobs:
+                cycle = self._cycle = self._next_cycle()
+                if not cycle:
+                    continue
+                try:
+                    results = await self._dispatch(run_cycle, [(j.listener, j.packets) for j in cycle], self.max_batch)
+                except Exception as exc:  # noqa: BLE001 - busy or timed out: every session of the cycle hears it
+                    results = [exc] * len(cycle)
+                for job, result in zip(cycle, results):
+                    if job.future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        job.future.set_exception(result)
+                    else:
+                        job.future.set_result(result)
+        finally:
+            if self.closed:
+                self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        self._jobs.extendleft(reversed(self._cycle))
+        self._cycle = []
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                job.future.set_exception(ServiceBusy("the VAD batcher is shut down"))
+
+    async def close(self) -> None:
+        self.closed = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._fail_waiting()
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, VADBatcher] = weakref.WeakKeyDictionary()
+
+
+def batcher() -> VADBatcher:
+    """This event loop's batcher (a process may run several loops: tests do)."""
+    from django.conf import settings
+
+    loop = asyncio.get_running_loop()
+    found = _batchers.get(loop)
+    if found is None or found.closed:
+        found = _batchers[loop] = VADBatcher(settings.XIAOZHI_VAD_MAX_BATCH)
+    return found
