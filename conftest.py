@@ -12,6 +12,13 @@ def pytest_configure(config):
     # test process it would write snapshots behind the tests' backs. Tests that need it turn it on.
     settings.XIAOZHI_MONITORING_SCHEDULER = "off"
     redis_url = os.environ.get("REDIS_URL")
+    if settings.XIAOZHI_WORKER_BACKEND == "celery":
+        if not redis_url:
+            raise pytest.UsageError("XIAOZHI_WORKER_BACKEND=celery needs REDIS_URL (broker and channel layer)")
+        # Queues of this run only: another run on the same Redis never takes this run's calls.
+        # (in the environment too, for the servers the end-to-end tests start).
+        prefix = os.environ["XIAOZHI_WORKER_QUEUE_PREFIX"] = f"voice-test-{os.getpid()}"
+        settings.XIAOZHI_WORKER_QUEUE_PREFIX = prefix
     if redis_url:
         import redis
 
@@ -85,3 +92,46 @@ def connect_device(transactional_db):
         return device
 
     yield connect
+
+
+@pytest.fixture(scope="session", autouse=True)
+def celery_voice_worker(tmp_path_factory):
+    """With XIAOZHI_WORKER_BACKEND=celery: a real Celery worker process serving this run's voice
+    queues (and the seam tests' probe operations), started once and stopped at the end. Its broker
+    and channel layer are this run's REDIS_URL."""
+    from django.conf import settings
+
+    if settings.XIAOZHI_WORKER_BACKEND != "celery":
+        yield None
+        return
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import voice.tests.probe_operations  # noqa: F401 - the same probes on this side of the seam
+
+    prefix = settings.XIAOZHI_WORKER_QUEUE_PREFIX
+    queues = ",".join(f"{prefix}.{kind}" for kind in ("asr", "llm", "tts", "test"))
+    env = dict(os.environ, XIAOZHI_WORKER_QUEUE_PREFIX=prefix, XIAOZHI_MONITORING_SCHEDULER="off")
+    log_path = tmp_path_factory.mktemp("celery") / "worker.log"
+    log = open(log_path, "w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "xiaozhi", "worker", "-Q", queues, "--pool", "threads",
+         "--concurrency", "4", "-n", f"{prefix}@%h", "--loglevel", "info", "-I", "voice.tests.probe_operations",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=Path(__file__).resolve().parent, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 180  # the worker loads and warms its models before it is ready
+    while "ready." not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the Celery voice worker did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield process
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()

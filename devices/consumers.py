@@ -3,16 +3,23 @@
 Kept thin on purpose: a Channels consumer handles one message at a time, so anything slow here
 would delay every later audio frame and every ``abort`` on the socket. Binary frames are queued by
 the session without awaiting; text frames are parsed and answered at once.
+
+Past ``server.max_connections`` sockets in this process a new one is accepted and closed at once with
+4503 "server full" (counted as ``connections_refused``), before anything is registered or started.
+The hello must arrive within ``server.connection_timeout`` of the socket's arrival.
 """
 from __future__ import annotations
 
 import logging
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from devices import services
+from devices.connection_limits import CLOSE_SERVER_FULL, slots
 from voice import stats
+from voice.conf import performance_config
 from voice.protocol import negotiate_binary_version
 from voice.session import CLOSE_REPLACED, SessionConfig, VoiceSession
 
@@ -29,14 +36,31 @@ class DeviceConsumer(AsyncWebsocketConsumer):
     group: str | None = None
     closed = False
     counted = False  # whether this connection is in the connected_devices gauge
+    holds_slot = False  # whether this connection counts against server.max_connections
 
     async def connect(self):
+        arrived = time.monotonic()
         identity = self.scope["device_identity"]
         await self.accept()
         if identity.error_code:
             log.warning("refused %s from %s: %s", identity.device_id, identity.remote_addr, identity.error_reason)
             await self.close(code=identity.error_code, reason=identity.error_reason)
             return
+        limit = performance_config().server.max_connections
+        if not slots.try_acquire(limit, identity.device_id):
+            stats.incr("connections_refused")
+            log.warning("refused %s from %s: server full (%d connections, server.max_connections)",
+                        identity.device_id, identity.remote_addr, limit)
+            await self.close(code=CLOSE_SERVER_FULL, reason="server full")
+            return
+        self.holds_slot = True
+        try:
+            await self._start_session(identity, arrived)
+        except BaseException:
+            self._release_slot()
+            raise
+
+    async def _start_session(self, identity, arrived: float) -> None:
         version = negotiate_binary_version(identity.protocol_version_header, None)
         self.info = await database_sync_to_async(services.register_connection)(identity, version)
         # One live session per device: tell older connections of this device to close.
@@ -57,6 +81,8 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         )
         if agent.get("system_prompt"):
             config.system_prompt = agent["system_prompt"]
+        # server.connection_timeout counts from the socket's arrival: registration time is part of it.
+        config.hello_timeout = max(0.1, config.hello_timeout - (time.monotonic() - arrived))
         self.session = VoiceSession(self, config, on_turn=self._record_turn)
         self.session.start()
         self.counted = True
@@ -75,8 +101,14 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             stats.incr("ws_bytes_in", len(text_data))
             await self.session.handle_text(text_data)
 
+    def _release_slot(self) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            slots.release(self.scope["device_identity"].device_id)
+
     async def disconnect(self, code):
         self.closed = True
+        self._release_slot()
         if self.session:
             await self.session.close(f"socket closed ({code})")
             if self.counted:

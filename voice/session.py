@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
+from voice.pipeline.packet_queue import PacketQueue
+from voice.pipeline.vad_batcher import hear
 from voice.pipeline.pacer import Pacer
 from voice.pipeline.turn import TurnDeps, TurnRecord, prefill_next_turn, run_turn, speak
 from voice.protocol import (
@@ -36,7 +38,7 @@ from voice.protocol import (
 )
 from voice import stats
 from voice.providers import registry
-from voice.workers import services
+from voice.workers import ServiceBusy, ServiceTimeout, services
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,10 @@ ACTIVATION_PROMPT_EVERY = 30.0
 
 # Close codes the device (or a log reader) can tell apart.
 CLOSE_NORMAL = 1000
-CLOSE_BAD_DATA = 1007
-CLOSE_TOO_BIG = 1009
+# Daphne (autobahn) only sends 1000 or 3000-4999, so the private range mirrors HTTP:
+# 4422 a flood of undecodable frames, 4413 a frame over the size limit.
+CLOSE_BAD_DATA = 4422
+CLOSE_TOO_BIG = 4413
 CLOSE_HELLO_TIMEOUT = 4408
 CLOSE_IDLE = 4000
 CLOSE_REPLACED = 4409
@@ -126,7 +130,7 @@ class VoiceSession:
             max_seconds=config.max_utterance_seconds,
         )
         self.history: collections.deque = collections.deque(maxlen=config.history_turns)
-        self._pending: collections.deque = collections.deque(maxlen=MAX_PENDING_PACKETS)
+        self._pending = PacketQueue(MAX_PENDING_PACKETS)
         self._audio_ready = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._turn: asyncio.Task | None = None
@@ -207,9 +211,8 @@ class VoiceSession:
         if frame.kind != "audio":
             return
         if self.state == LISTENING or (self.mode == "realtime" and self.state in (THINKING, SPEAKING)):
-            if len(self._pending) == self._pending.maxlen:
+            if not self._pending.put(frame.payload, time.monotonic()):
                 self.counters["audio_dropped"] += 1
-            self._pending.append((frame.payload, time.monotonic()))
             self._audio_ready.set()
         else:
             self.counters["audio_ignored"] += 1
@@ -268,17 +271,31 @@ class VoiceSession:
 
     # -- input: decode + VAD off the loop -------------------------------------------------------------------
     async def _input_loop(self) -> None:
-        while True:
-            await self._audio_ready.wait()
-            await self._drain_input()
+        try:
+            while True:
+                await self._audio_ready.wait()
+                await self._drain_input()
+        finally:
+            self._pending.clear()  # the backlog gauge must not keep a closed session's packets
 
     async def _drain_input(self) -> None:
+        """Hand everything queued to the VAD (``vad_batcher.hear``) and act on what it heard. A
+        busy or timed-out VAD loses this batch (counted, logged) but never the session."""
         self._audio_ready.clear()
         if not self._pending:
             return
-        batch = list(self._pending)
-        self._pending.clear()
-        events = await services()["vad"].call(self.listener.process, batch)
+        batch = self._pending.take_all()
+        try:
+            events = await hear(self.listener, batch, owner=self.config.device_id)
+        except (ServiceBusy, ServiceTimeout) as exc:
+            self._lost_audio(batch, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a VAD failure must not end the session's hearing
+            log.exception("session %s: VAD failed", self.config.session_id)
+            self._lost_audio(batch, exc)
+            return
+        stats.observe("vad_lag_ms", (time.monotonic() - batch[0][1]) * 1000)
+        stats.incr("vad_packets", len(batch))
         for event in events:
             if isinstance(event, SpeechStarted):
                 self.touch()
@@ -286,6 +303,12 @@ class VoiceSession:
                     await self.abort("barge-in")
             elif isinstance(event, Utterance) and self.state == LISTENING:
                 self._start_turn(event)
+
+    def _lost_audio(self, batch: list, exc: Exception) -> None:
+        self.counters["audio_lost"] += len(batch)
+        stats.incr("audio_lost", len(batch))
+        stats.incr(f"errors:vad:{type(exc).__name__}")
+        log.warning("session %s: %d audio packets lost: %s", self.config.session_id, len(batch), exc)
 
     # -- turns ------------------------------------------------------------------------------------------------
     def _start_turn(self, utterance: Utterance) -> None:
@@ -300,17 +323,20 @@ class VoiceSession:
         self._turn = self._spawn(self._turn_task(utterance, record), "turn")
 
     def _deps(self) -> TurnDeps:
+        from django.conf import settings
+
         return TurnDeps(
             services=services(),
-            asr=registry.get_asr(self.config.asr_provider),
-            llm=registry.get_llm(self.config.llm_provider),
-            tts=registry.get_tts(self.config.tts_provider),
+            asr=self.config.asr_provider or settings.XIAOZHI_ASR_PROVIDER,
+            llm=self.config.llm_provider or settings.XIAOZHI_LLM_PROVIDER,
+            tts=self.config.tts_provider or settings.XIAOZHI_TTS_PROVIDER,
             pacer=self.pacer,
             send_text=self.transport.send_text,
             output_rate=self.config.output_sample_rate,
             system_prompt=self.config.system_prompt,
             voice=self.config.voice,
             history=self.history,
+            device_id=self.config.device_id,
         )
 
     async def _turn_task(self, utterance: Utterance, record: TurnRecord) -> None:

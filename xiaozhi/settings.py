@@ -3,11 +3,16 @@
 With no environment set this is the embedded default: SQLite, the in-memory channel layer, a
 local-memory cache and in-process voice workers. ``DATABASE_URL`` switches to MySQL (utf8mb4) and
 ``REDIS_URL`` to Redis for the channel layer and cache. Voice-service limits come from
-``performance.yaml`` (see ``voice/conf.py``); the checks in ``xiaozhi/checks.py`` validate both at start.
+``performance.yaml`` with its machine profiles and overrides (``voice/conf.py``; the database and Redis
+pool sizes too); the checks in ``voice/checks.py`` validate both at start.
 """
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
+from voice.conf import PerformanceConfigError
+from voice.conf import load as load_performance
 from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_str
 
 # Whisper (CTranslate2) and llama.cpp each bring an OpenMP runtime whose idle threads busy-wait by
@@ -17,6 +22,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("XIAOZHI_DATA_DIR", str(BASE_DIR / "data")))
+
+# --- Performance: performance.yaml, the machine profile, data/.performance.yaml, XIAOZHI_PERF__* ---------
+# Loaded here (not only by the voice side) because the database and Redis pool settings below come from it.
+XIAOZHI_PERFORMANCE_FILE = env_str("XIAOZHI_PERFORMANCE_FILE", str(BASE_DIR / "performance.yaml"))
+XIAOZHI_PERFORMANCE_OVERRIDES = env_str("XIAOZHI_PERFORMANCE_OVERRIDES", str(DATA_DIR / ".performance.yaml"))
+try:
+    PERFORMANCE = load_performance(XIAOZHI_PERFORMANCE_FILE, XIAOZHI_PERFORMANCE_OVERRIDES, os.environ)
+except PerformanceConfigError as exc:
+    raise ImproperlyConfigured(f"performance configuration: {exc}") from None
 
 SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production")
 DEBUG = env_bool("DEBUG", False)
@@ -69,7 +83,9 @@ TEMPLATES = [
 # --- Storage: SQLite by default, MySQL with DATABASE_URL -------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
-    DATABASES = {"default": database_from_url(DATABASE_URL)}
+    DATABASES = {"default": database_from_url(DATABASE_URL, PERFORMANCE.database.conn_max_age,
+                                              PERFORMANCE.database.conn_health_checks,
+                                              PERFORMANCE.database.connect_timeout)}
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -90,8 +106,12 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis's
-                # 5 s blocking pop: an idle consumer would race its own timeout and die.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                # 5 s blocking pop: an idle consumer would race its own timeout and die (hence a
+                # channel_layer_socket_timeout of at least 6 s, checked in voice/conf.py).
+                "hosts": [{"address": REDIS_URL,
+                           "socket_timeout": PERFORMANCE.redis.channel_layer_socket_timeout,
+                           "socket_connect_timeout": PERFORMANCE.redis.socket_connect_timeout,
+                           "max_connections": PERFORMANCE.redis.max_connections}],
                 "prefix": env_str("CHANNELS_PREFIX", "xiaozhi"),
             },
         }
@@ -101,6 +121,11 @@ if REDIS_URL:
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "xiaozhi",
+            "OPTIONS": {
+                "CONNECTION_POOL_KWARGS": {"max_connections": PERFORMANCE.redis.max_connections},
+                "SOCKET_TIMEOUT": PERFORMANCE.redis.socket_timeout,
+                "SOCKET_CONNECT_TIMEOUT": PERFORMANCE.redis.socket_connect_timeout,
+            },
         }
     }
 else:
@@ -110,6 +135,10 @@ else:
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL or "cache+memory://")
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL and not env_str("CELERY_BROKER_URL")
+# Where model calls (ASR, LLM, TTS) run: "local" threads in each Daphne process, or "celery"
+# workers consuming the queues <prefix>.asr/.llm/.tts (needs Redis as broker and channel layer).
+XIAOZHI_WORKER_BACKEND = env_str("XIAOZHI_WORKER_BACKEND", "local")
+XIAOZHI_WORKER_QUEUE_PREFIX = env_str("XIAOZHI_WORKER_QUEUE_PREFIX", "voice")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -149,12 +178,20 @@ XIAOZHI_TIMEZONE_OFFSET_MINUTES = env_int("XIAOZHI_TIMEZONE_OFFSET_MINUTES", 0, 
 
 # --- Voice sessions -------------------------------------------------------------------------------------
 XIAOZHI_OUTPUT_SAMPLE_RATE = env_int("XIAOZHI_OUTPUT_SAMPLE_RATE", 24000)
-XIAOZHI_HELLO_TIMEOUT_SECONDS = env_float("XIAOZHI_HELLO_TIMEOUT_SECONDS", 10.0, 0.1)
+# performance.yaml's server.connection_timeout; the older variable still overrides it.
+XIAOZHI_HELLO_TIMEOUT_SECONDS = env_float("XIAOZHI_HELLO_TIMEOUT_SECONDS", PERFORMANCE.server.connection_timeout, 0.1)
 XIAOZHI_IDLE_TIMEOUT_SECONDS = env_float("XIAOZHI_IDLE_TIMEOUT_SECONDS", 120.0, 1.0)
 XIAOZHI_UNBOUND_SESSION_SECONDS = env_float("XIAOZHI_UNBOUND_SESSION_SECONDS", 180.0, 1.0)
 XIAOZHI_VAD_SILENCE_MS = env_int("XIAOZHI_VAD_SILENCE_MS", 500, 100, 5000)
 XIAOZHI_VAD_THRESHOLD = env_float("XIAOZHI_VAD_THRESHOLD", 0.5, 0.0)
 XIAOZHI_MAX_UTTERANCE_SECONDS = env_float("XIAOZHI_MAX_UTTERANCE_SECONDS", 30.0, 1.0)
+# How uplink audio reaches the VAD (voice/pipeline/vad_batcher.py): "cross_session" scores many sessions'
+# chunks in shared model runs (at most XIAOZHI_VAD_MAX_BATCH sessions a run); "session" (one call per
+# session batch) and "packet" (one call per packet, the naive baseline) are kept for comparison.
+XIAOZHI_VAD_BATCHING = env_str("XIAOZHI_VAD_BATCHING", "cross_session")
+if XIAOZHI_VAD_BATCHING not in ("cross_session", "session", "packet"):
+    raise ImproperlyConfigured(f"XIAOZHI_VAD_BATCHING must be cross_session, session or packet, got {XIAOZHI_VAD_BATCHING!r}")
+XIAOZHI_VAD_MAX_BATCH = env_int("XIAOZHI_VAD_MAX_BATCH", 64, 1, 1024)
 XIAOZHI_HISTORY_TURNS = env_int("XIAOZHI_HISTORY_TURNS", 6, 0, 100)
 XIAOZHI_PACER_LEAD_FRAMES = env_int("XIAOZHI_PACER_LEAD_FRAMES", 2, 0, 10)
 XIAOZHI_SYSTEM_PROMPT = env_str(
@@ -167,16 +204,27 @@ XIAOZHI_VAD_PROVIDER = env_str("XIAOZHI_VAD_PROVIDER", "silero")
 XIAOZHI_ASR_PROVIDER = env_str("XIAOZHI_ASR_PROVIDER", "whisper")
 XIAOZHI_LLM_PROVIDER = env_str("XIAOZHI_LLM_PROVIDER", "smollm2")
 XIAOZHI_TTS_PROVIDER = env_str("XIAOZHI_TTS_PROVIDER", "piper")
+# For XIAOZHI_ASR_PROVIDER=funasr: a local SenseVoiceSmall folder (config.yaml, model.pt,
+# chn_jpn_yue_eng_ko_spectok.bpe.model, optionally am.mvn) and its language hint (auto, zh, en, yue, ja, ko).
+XIAOZHI_SENSEVOICE_MODEL_DIR = env_str("XIAOZHI_SENSEVOICE_MODEL_DIR")
+XIAOZHI_SENSEVOICE_LANGUAGE = env_str("XIAOZHI_SENSEVOICE_LANGUAGE", "auto")
 XIAOZHI_LLM_BASE_URL = env_str("XIAOZHI_LLM_BASE_URL")
 XIAOZHI_LLM_API_KEY = env_str("XIAOZHI_LLM_API_KEY")
 XIAOZHI_LLM_MODEL = env_str("XIAOZHI_LLM_MODEL")
 XIAOZHI_LLM_MAX_TOKENS = env_int("XIAOZHI_LLM_MAX_TOKENS", 80, 8, 4096)
+# For openai: attempts after the first before any token (connection errors, 429, 5xx), the first
+# retry's delay (doubled each time), and the circuit breaker (fail fast after N failures in a row).
+XIAOZHI_LLM_RETRIES = env_int("XIAOZHI_LLM_RETRIES", 2, 0, 10)
+XIAOZHI_LLM_RETRY_BACKOFF_SECONDS = env_float("XIAOZHI_LLM_RETRY_BACKOFF_SECONDS", 0.25, 0.0)
+XIAOZHI_LLM_BREAKER_FAILURES = env_int("XIAOZHI_LLM_BREAKER_FAILURES", 5, 1, 1000)
+XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS", 30.0, 0.0)
+# For XIAOZHI_TTS_PROVIDER=edge (needs outbound HTTPS): the voice when an agent names none, and the
+# service's WebSocket URL (blank = edge-tts's own; set it for a relay, or a local fake in tests).
+XIAOZHI_EDGE_TTS_VOICE = env_str("XIAOZHI_EDGE_TTS_VOICE", "en-US-AriaNeural")
+XIAOZHI_EDGE_TTS_URL = env_str("XIAOZHI_EDGE_TTS_URL")
 XIAOZHI_MODEL_THREADS = env_int("XIAOZHI_MODEL_THREADS", 2, 1, 64)
 # Load and warm every configured model when the server starts (off in most tests, which load lazily).
 XIAOZHI_PRELOAD_MODELS = env_bool("XIAOZHI_PRELOAD_MODELS", True)
-XIAOZHI_PERFORMANCE_FILE = env_str("XIAOZHI_PERFORMANCE_FILE", str(BASE_DIR / "performance.yaml"))
-XIAOZHI_PERFORMANCE_OVERRIDES = env_str("XIAOZHI_PERFORMANCE_OVERRIDES", str(DATA_DIR / ".performance.yaml"))
-
 # --- Monitoring ---------------------------------------------------------------------------------------
 # Snapshots every XIAOZHI_MONITORING_SNAPSHOT_SECONDS (Celery beat with Redis; the in-process scheduler
 # otherwise), each process publishes its figures to Redis every XIAOZHI_MONITORING_PUBLISH_SECONDS.

@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from voice.audio.opus import OpusEncoder
-from voice.audio.resample import resample
 from voice.pipeline.listener import Utterance
 from voice.pipeline.pacer import Pacer
 from voice.pipeline.sentences import SentenceSplitter, clean_for_speech
 from voice.protocol import Llm, Stt, emotion_for, encode, strip_emoji
-from voice.providers.base import ASRProvider, LLMProvider, TTSProvider
 from voice.workers import ServiceBusy, ServiceTimeout
+from voice.workers.operations import pcm_bytes
 
 log = logging.getLogger(__name__)
 
@@ -66,37 +61,20 @@ class TurnRecord:
 
 @dataclass
 class TurnDeps:
-    """What a turn needs from its session: shared providers and services, per-session state."""
+    """What a turn needs from its session: the shared services, the providers' names (the model
+    work runs as named operations, in this process or a worker's), per-session state."""
 
     services: dict
-    asr: ASRProvider
-    llm: LLMProvider
-    tts: TTSProvider
+    asr: str  # provider names, as in voice.providers.registry
+    llm: str
+    tts: str
     pacer: Pacer
     send_text: object  # async callable(str)
     output_rate: int
     system_prompt: str
     voice: str | None
     history: deque  # (user, assistant) pairs, bounded by maxlen
-
-
-class _Encoder:
-    """Resample + Opus-encode on the TTS worker thread, so the loop only forwards finished frames."""
-
-    def __init__(self, tts: TTSProvider, output_rate: int):
-        self.tts = tts
-        self.output_rate = output_rate
-
-    def frames(self, text: str, voice: str | None):
-        encoder = OpusEncoder(self.output_rate, 60)
-        for chunk in self.tts.synthesize(text, voice):
-            pcm = resample(np.asarray(chunk, dtype=np.int16), self.tts.sample_rate, self.output_rate)
-            frames = encoder.encode(pcm)
-            if frames:
-                yield frames
-        tail = encoder.flush()
-        if tail:
-            yield tail
+    device_id: str | None = None  # the owner of the turn's calls (per-device limits)
 
 
 async def speak(deps: TurnDeps, text: str, record: TurnRecord | None = None) -> None:
@@ -112,8 +90,9 @@ async def _synthesize_into_pacer(deps: TurnDeps, text: str, record: TurnRecord |
     await deps.pacer.sentence(text)
     started = time.monotonic()
     first = True
-    stream = deps.services["tts"].stream(_Encoder(deps.tts, deps.output_rate).frames, text, deps.voice)
-    async with aclosing(stream):  # closed at once on abort, so the worker thread is freed
+    # Resampled and Opus-encoded where the voice is synthesised: only finished frames come back.
+    stream = deps.services["tts"].stream("speech_frames", deps.tts, text, deps.voice, deps.output_rate, owner=deps.device_id)
+    async with aclosing(stream):  # closed at once on abort, so the worker is freed
         async for frames in stream:
             if first and record is not None:
                 record.mark("tts_first_audio")
@@ -147,7 +126,7 @@ async def _apologise(deps: TurnDeps, text: str) -> None:
 
 async def _run(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None:
     started = time.monotonic()
-    text = await deps.services["asr"].call(deps.asr.transcribe, utterance.pcm)
+    text = await deps.services["asr"].call("transcribe", deps.asr, pcm_bytes(utterance.pcm), owner=deps.device_id)
     record.model_seconds["asr"] = time.monotonic() - started
     record.mark("asr_done")
     text = strip_emoji(text or "").strip()
@@ -186,16 +165,16 @@ def conversation(deps: TurnDeps) -> list[dict]:
 
 
 async def prefill_next_turn(deps: TurnDeps) -> None:
-    """Pre-evaluate the conversation while the device plays the answer, if the LLM is idle."""
-    prefill = getattr(deps.llm, "prefill", None)
+    """Pre-evaluate the conversation while the device plays the answer, if the LLM is idle (the
+    operation is a no-op for LLMs that cannot prefill)."""
     service = deps.services["llm"]
-    if prefill is None or not deps.history:
+    if not deps.history:
         return
     stats = service.stats()
     if stats["active"] or stats["queued"]:
         return  # other devices are waiting: their turns come first
     try:
-        await service.call(prefill, conversation(deps))
+        await service.call("prefill", deps.llm, conversation(deps), owner=deps.device_id)
     except Exception as exc:  # noqa: BLE001 - an optimisation only
         log.debug("prefill skipped: %s", exc)
 
@@ -203,9 +182,8 @@ async def prefill_next_turn(deps: TurnDeps) -> None:
 async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: asyncio.Queue, parts: list[str]) -> None:
     messages = conversation(deps) + [{"role": "user", "content": user_text}]
     splitter = SentenceSplitter()
-    cancel = threading.Event()
     started = time.monotonic()
-    stream = deps.services["llm"].stream(deps.llm.stream, messages, cancel, cancel=cancel)
+    stream = deps.services["llm"].stream("reply_stream", deps.llm, messages, owner=deps.device_id)
     try:
         async with aclosing(stream):
             async for delta in stream:
@@ -221,5 +199,4 @@ async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: 
             await out.put(sentence)
         record.model_seconds["llm_total"] = time.monotonic() - started
     finally:
-        cancel.set()
         await out.put(None)

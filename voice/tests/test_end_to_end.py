@@ -84,4 +84,6 @@ def test_two_turns_on_one_connection_and_binary_v3(server):
 def test_health_reports_the_loaded_models(server):
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok"
-    assert set(health["checks"]["models"]) >= {"vad", "asr", "llm", "tts"}
+    loaded = {kind for kind, names in health["checks"]["models"].items() if names}
+    # With Celery workers the server runs only the VAD; the workers hold the other models.
+    assert loaded == ({"vad"} if os.environ.get("XIAOZHI_WORKER_BACKEND") == "celery" else {"vad", "asr", "llm", "tts"})

@@ -1,5 +1,8 @@
-"""The dispatch seam: every model call goes through a ``Service`` with a concurrency bound, a
-bounded queue and a timeout. ``services()`` returns the per-process set."""
-from voice.workers.local import LocalService, ServiceBusy, ServiceTimeout, services
+"""The dispatch seam: every model call names an operation (``voice.workers.operations``) and goes
+through a service with admission (a bounded queue, a per-device share), a timeout and statistics.
+``services()`` returns the per-process set: in-process threads by default, Celery workers with
+``XIAOZHI_WORKER_BACKEND=celery`` (the VAD stays in process either way)."""
+from voice.workers.admission import ServiceBusy, ServiceTimeout
+from voice.workers.local import LocalService, make_service, services
 
-__all__ = ["LocalService", "ServiceBusy", "ServiceTimeout", "services"]
+__all__ = ["LocalService", "ServiceBusy", "ServiceTimeout", "make_service", "services"]

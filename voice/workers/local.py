@@ -1,11 +1,9 @@
-"""In-process workers: one FIFO thread pool per voice service.
+"""In-process workers (the embedded default): one FIFO thread pool per voice service.
 
-Admission is decided before queueing: if ``max_concurrent + queue_size`` calls are already in the
-service, the next one is refused at once (ServiceBusy), so the caller can say "busy" instead of
-waiting forever. The thread pool's own queue is FIFO, so waiting calls run in arrival order.
-
-Counters are guarded by a threading lock (not asyncio primitives) because one process may run
-several event loops (tests) and calls finish on worker threads.
+Admission (``voice.workers.admission``) is decided before queueing, so a full service refuses at
+once. The thread pool's own queue is FIFO, so waiting calls run in arrival order. Calls name an
+operation (``voice.workers.operations``), exactly as with the Celery backend; ``run`` takes a
+plain callable for work bound to per-session state that stays in this process (the VAD).
 """
 from __future__ import annotations
 
@@ -14,141 +12,79 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from voice.conf import SERVICES, ServiceLimits, service_limits
+from voice.workers import operations
+from voice.workers.admission import Admission, ServiceBusy, ServiceTimeout, Ticket
+
+__all__ = ["LocalService", "ServiceBusy", "ServiceTimeout", "services", "run_blocking"]
 
 log = logging.getLogger(__name__)
-
-
-class ServiceBusy(RuntimeError):
-    """The service's queue is full: refused at once."""
-
-
-class ServiceTimeout(TimeoutError):
-    """A call (or the first item of a stream) took longer than the service's timeout."""
-
-
-@dataclass
-class ServiceStats:
-    active: int = 0
-    queued: int = 0
-    completed: int = 0
-    failed: int = 0
-    rejected: int = 0
-    timed_out: int = 0
-    wait_seconds: float = 0.0
-    run_seconds: float = 0.0
-
-    def as_dict(self, max_concurrent: int) -> dict:
-        done = max(self.completed + self.failed, 1)
-        return {
-            "active": self.active,
-            "queued": self.queued,
-            "completed": self.completed,
-            "failed": self.failed,
-            "rejected": self.rejected,
-            "timed_out": self.timed_out,
-            "avg_wait_ms": round(1000 * self.wait_seconds / done, 2),
-            "avg_run_ms": round(1000 * self.run_seconds / done, 2),
-            "utilisation": round(self.active / max_concurrent, 3),
-        }
-
-
-class _Admission:
-    """One call's passage through the service: queued -> active -> done, timed on the way."""
-
-    def __init__(self, service: LocalService):
-        self.service = service
-        self.enqueued = time.monotonic()
-        self.started: float | None = None
-
-    def start(self) -> None:
-        self.started = time.monotonic()
-        with self.service._lock:
-            s = self.service._stats
-            s.queued -= 1
-            s.active += 1
-            s.wait_seconds += self.started - self.enqueued
-
-    def finish(self, ok: bool) -> None:
-        with self.service._lock:
-            s = self.service._stats
-            if self.started is None:  # never ran (cancelled while queued)
-                s.queued -= 1
-            else:
-                s.active -= 1
-                s.run_seconds += time.monotonic() - self.started
-            if ok:
-                s.completed += 1
-            else:
-                s.failed += 1
-            self.service._in_service -= 1
 
 
 class LocalService:
     def __init__(self, limits: ServiceLimits):
         self.limits = limits
         self.name = limits.name
+        self.admission = Admission(limits)
         self._executor = ThreadPoolExecutor(max_workers=limits.max_concurrent, thread_name_prefix=f"voice-{limits.name}")
-        self._lock = threading.Lock()
-        self._stats = ServiceStats()
-        self._in_service = 0
 
-    # -- admission -----------------------------------------------------------------------------------
-    def _admit(self) -> _Admission:
-        with self._lock:
-            if self._in_service >= self.limits.max_concurrent + self.limits.queue_size:
-                self._stats.rejected += 1
-                raise ServiceBusy(f"{self.name} service is busy ({self._in_service} calls in service)")
-            self._in_service += 1
-            self._stats.queued += 1
-        return _Admission(self)
-
-    def _run_admitted(self, admission: _Admission, fn: Callable, args: tuple):
-        admission.start()
+    @staticmethod
+    def _run_admitted(ticket: Ticket, fn: Callable, args: tuple):
+        ticket.start()
         ok = False
         try:
             result = fn(*args)
             ok = True
             return result
         finally:
-            admission.finish(ok)
+            ticket.finish(ok)
 
     def stats(self) -> dict:
-        with self._lock:
-            return self._stats.as_dict(self.limits.max_concurrent)
+        return self.admission.stats()
 
     # -- calls -----------------------------------------------------------------------------------------
-    async def call(self, fn: Callable, *args, timeout: float | None = None):
+    async def call(self, operation: str, *args, owner: str | None = None, timeout: float | None = None):
+        """Run the named operation on this service's threads and return its result."""
+        op = operations.get(operation)
+        if op.streams:
+            raise TypeError(f"{operation} is a stream: use stream()")
+        return await self.run(op.fn, *args, owner=owner, timeout=timeout)
+
+    async def run(self, fn: Callable, *args, owner: str | None = None, timeout: float | None = None):
         """Run blocking ``fn(*args)`` on this service's threads. A timed-out call keeps its thread
         until it returns (threads cannot be killed) and keeps counting as active meanwhile."""
-        admission = self._admit()
+        ticket = self.admission.admit(owner)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._run_admitted, admission, fn, args)
+        future = loop.run_in_executor(self._executor, self._run_admitted, ticket, fn, args)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (abort).
             async with asyncio.timeout(timeout or self.limits.timeout):
                 return await future
         except TimeoutError:
-            self._count_timeout()
+            self.admission.count_timeout()
             raise ServiceTimeout(f"{self.name} call took longer than {timeout or self.limits.timeout:.1f} s") from None
+        finally:
+            ticket.leave()
 
     async def stream(
         self,
-        gen_fn: Callable[..., Iterator],
+        operation: str,
         *args,
-        cancel: threading.Event | None = None,
+        owner: str | None = None,
         first_item_timeout: float | None = None,
         max_buffered: int = 64,
     ) -> AsyncIterator:
-        """Iterate blocking generator ``gen_fn(*args)`` on this service's threads, yielding its items
-        on the event loop. At most ``max_buffered`` items wait between the thread and the loop; the
-        generator is stopped (via ``cancel``) when the consumer stops early or is cancelled."""
-        cancel = cancel or threading.Event()
-        admission = self._admit()
+        """Iterate the named streaming operation on this service's threads, yielding its items on
+        the event loop. At most ``max_buffered`` items wait between the thread and the loop; the
+        generator is stopped (via its ``cancel`` event) when the consumer stops early or is cancelled."""
+        op = operations.get(operation)
+        if not op.streams:
+            raise TypeError(f"{operation} is not a stream: use call()")
+        cancel = threading.Event()
+        ticket = self.admission.admit(owner)
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
         room = threading.Semaphore(max_buffered)
@@ -156,7 +92,7 @@ class LocalService:
 
         def produce():
             try:
-                for item in gen_fn(*args):
+                for item in op.fn(*args, cancel=cancel):
                     while not room.acquire(timeout=0.1):
                         if cancel.is_set():
                             return
@@ -168,7 +104,7 @@ class LocalService:
                 raise
             loop.call_soon_threadsafe(items.put_nowait, (done, None))
 
-        producer = loop.run_in_executor(self._executor, self._run_admitted, admission, produce, ())
+        producer = loop.run_in_executor(self._executor, self._run_admitted, ticket, produce, ())
         producer.add_done_callback(_retrieve)  # errors reach the consumer via the queue
         deadline = loop.time() + self.limits.timeout
         first_deadline = loop.time() + (first_item_timeout or self.limits.first_token_timeout or self.limits.timeout)
@@ -180,7 +116,7 @@ class LocalService:
                     async with asyncio.timeout_at(limit):
                         item, exc = await items.get()
                 except TimeoutError:
-                    self._count_timeout()
+                    self.admission.count_timeout()
                     what = "first result" if first else "stream"
                     raise ServiceTimeout(f"{self.name} {what} took too long") from None
                 if item is done:
@@ -192,12 +128,9 @@ class LocalService:
                 yield item
         finally:
             cancel.set()
+            ticket.leave()
             # Unblock a producer waiting for room; it sees ``cancel`` and returns.
             room.release()
-
-    def _count_timeout(self) -> None:
-        with self._lock:
-            self._stats.timed_out += 1
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -208,10 +141,24 @@ def _retrieve(future) -> None:
         future.exception()
 
 
+def make_service(limits: ServiceLimits, backend: str | None = None):
+    """A service of the configured backend (``XIAOZHI_WORKER_BACKEND``). The VAD always runs here:
+    it keeps per-session state and costs ~0.3 ms a chunk, less than a round trip to a worker."""
+    from django.conf import settings
+
+    backend = backend or getattr(settings, "XIAOZHI_WORKER_BACKEND", "local")
+    if backend == "celery" and limits.name != "vad":
+        from voice.workers.celery_service import CeleryService
+
+        return CeleryService(limits)
+    return LocalService(limits)
+
+
 @functools.cache
-def services() -> dict[str, LocalService]:
-    """The per-process services, built from performance.yaml on first use."""
-    return {name: LocalService(service_limits(name)) for name in SERVICES}
+def services() -> dict:
+    """The per-process services, built from performance.yaml on first use (kept here, in one
+    cache, whichever backend serves them: monitoring reads ``services.cache_info()``)."""
+    return {name: make_service(service_limits(name)) for name in SERVICES}
 
 
 async def run_blocking(fn: Callable, *args):

@@ -1,0 +1,95 @@
+"""The model work of a turn as named operations with serialisable arguments.
+
+A bound provider method cannot travel to another host, a name and plain data can: each operation
+takes provider *names* (looked up with ``voice.providers.registry`` in whichever process runs it),
+bytes, strings, numbers and lists/dicts of those. The same functions run on the in-process threads
+(``LocalService``) and in Celery workers (``voice.tasks``).
+
+Streaming operations are generators and take a keyword-only ``cancel`` event, set by the backend
+when the consumer stops early; they check it between items so an abandoned stream frees its slot.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from voice.audio.opus import OpusEncoder
+from voice.audio.resample import resample
+from voice.providers import registry
+
+PCM_DTYPE = np.float32  # utterances are float32 16 kHz mono; sent as their raw bytes (exact, no base64)
+
+
+class UnknownOperation(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    fn: Callable
+    streams: bool
+
+
+OPERATIONS: dict[str, Operation] = {}
+
+
+def operation(name: str, *, streams: bool = False):
+    """Register ``fn`` under ``name`` (tests register probes the same way, in both processes)."""
+
+    def register(fn: Callable) -> Callable:
+        OPERATIONS[name] = Operation(name, fn, streams)
+        return fn
+
+    return register
+
+
+def get(name: str) -> Operation:
+    try:
+        return OPERATIONS[name]
+    except KeyError:
+        raise UnknownOperation(f"unknown voice operation {name!r}; known: {', '.join(sorted(OPERATIONS))}") from None
+
+
+def pcm_bytes(pcm: np.ndarray) -> bytes:
+    return np.ascontiguousarray(pcm, dtype=PCM_DTYPE).tobytes()
+
+
+@operation("transcribe")
+def transcribe(asr_name: str, pcm: bytes) -> str:
+    return registry.get_asr(asr_name).transcribe(np.frombuffer(pcm, dtype=PCM_DTYPE))
+
+
+@operation("reply_stream", streams=True)
+def reply_stream(llm_name: str, messages: list[dict], *, cancel: threading.Event) -> Iterator[str]:
+    """Text deltas of the assistant's reply."""
+    yield from registry.get_llm(llm_name).stream(messages, cancel)
+
+
+@operation("speech_frames", streams=True)
+def speech_frames(tts_name: str, text: str, voice: str | None, output_rate: int, *, cancel: threading.Event) -> Iterator[list[bytes]]:
+    """Lists of 60 ms Opus frames at ``output_rate``: resampled and encoded where the voice is
+    synthesised, so the event loop (or the network) only carries finished frames."""
+    tts = registry.get_tts(tts_name)
+    encoder = OpusEncoder(output_rate, 60)
+    for chunk in tts.synthesize(text, voice):
+        if cancel.is_set():
+            return
+        pcm = resample(np.asarray(chunk, dtype=np.int16), tts.sample_rate, output_rate)
+        frames = encoder.encode(pcm)
+        if frames:
+            yield frames
+    tail = encoder.flush()
+    if tail:
+        yield tail
+
+
+@operation("prefill")
+def prefill(llm_name: str, messages: list[dict]) -> None:
+    """Pre-evaluate a conversation so the next turn's prompt is cached; a no-op for LLMs without it."""
+    fn = getattr(registry.get_llm(llm_name), "prefill", None)
+    if fn is not None:
+        fn(messages)
