@@ -87,8 +87,11 @@ def ttfa(env: dict, devices: int, turns: int, workdir: Path) -> dict:
     subprocess.run([sys.executable, "manage.py", "loadtest", "--spawn-server", "bundled", "--devices", str(devices),
                     "--turns", str(turns), "--mode", "manual", "--ramp-up", str(min(devices, 5)), "--report", str(report),
                     "--no-store", "--quiet"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=1800)
-    figures = json.loads(report.read_text())["figures"]["ttfa_ms"]
-    return {"devices": devices, "turns": figures["count"], "median_ms": figures["p50"], "p95_ms": figures["p95"]}
+    figures = json.loads(report.read_text())["figures"]
+    ttfa_ms = figures["ttfa_ms"]
+    return {"devices": devices, "turns": ttfa_ms["count"], "median_ms": ttfa_ms["p50"], "p95_ms": ttfa_ms["p95"],
+            # where the time goes: end of speech -> stt (ASR), -> tts start (LLM's first sentence)
+            "stt_median_ms": figures["stt_ms"]["p50"], "tts_start_median_ms": figures["tts_start_ms"]["p50"]}
 
 
 def main():
