@@ -51,6 +51,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def prepare(prefix: str) -> tuple[dict, dict]:
+    """The server's environment (a temporary SQLite, never the developer's MySQL) and every
+    question as 16 kHz Opus frames, synthesised here once so no turn waits for it."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    env = dict(os.environ, SQLITE_PATH=str(workdir / "db.sqlite3"), XIAOZHI_DATA_DIR=str(workdir))
+    env.pop("DATABASE_URL", None)
+    os.environ.update({k: env[k] for k in ("SQLITE_PATH", "XIAOZHI_DATA_DIR")})
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xiaozhi.settings")
+    os.environ["XIAOZHI_PRELOAD_MODELS"] = "false"  # this process only synthesises the questions
+    import django
+
+    django.setup()
+    from voice.simulated_device import speech_frames
+
+    return env, {q: speech_frames(q) for q in QUESTIONS}
+
+
 def start_server(env: dict) -> tuple[subprocess.Popen, str]:
     import httpx
 
@@ -92,19 +110,7 @@ def main():
     parser.add_argument("--output", help="JSON results file (default: benchmarks/results/turn_latency-<mode>.json)")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="xiaozhi-bench-"))
-    env = dict(os.environ, SQLITE_PATH=str(workdir / "db.sqlite3"), XIAOZHI_DATA_DIR=str(workdir))
-    env.pop("DATABASE_URL", None)
-    os.environ.update({k: env[k] for k in ("SQLITE_PATH", "XIAOZHI_DATA_DIR")})
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xiaozhi.settings")
-    os.environ["XIAOZHI_PRELOAD_MODELS"] = "false"
-    import django
-
-    django.setup()
-    from voice.simulated_device import speech_frames
-
-    speech = {q: speech_frames(q) for q in QUESTIONS}
+    env, speech = prepare("xiaozhi-bench-")
     process, base = start_server(env)
     try:
         results, device_id = asyncio.run(run_turns(base, args.turns, args.mode, speech.__getitem__))

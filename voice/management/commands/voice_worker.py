@@ -1,0 +1,94 @@
+"""``manage.py voice_worker asr llm tts``: Celery workers for the voice services, one process each.
+
+Why not one worker for every queue: a Celery worker has one concurrency for all the queues it
+consumes, so a worker with 4 threads on ``voice.asr,voice.llm,voice.tts`` runs up to 4 model calls of
+any mix at once, e.g. two Whisper calls beside the LLM and the TTS of an answer already playing, and
+the cores are oversubscribed (measured on 2 cores at 10 devices: 3.2 underruns a minute against
+none, TTFA p95 17.4 s against 13.6 s; benchmarks/README.md). One process per service, taking ``services.<name>.max_concurrent`` calls at once
+(from ``performance.yaml``, as the in-process backend does), keeps each service within its limit, and
+each process loads only its own model.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+SERVICES = ("asr", "llm", "tts")
+
+
+def worker_argv(service: str, *, concurrency: int | None = None, include: list[str] | None = None,
+                loglevel: str = "info", quiet_cluster: bool = False) -> list[str]:
+    """The ``celery worker`` arguments for one voice service."""
+    from voice.conf import service_limits
+    from voice.workers.celery_service import queue_name
+
+    slots = concurrency or service_limits(service).max_concurrent
+    argv = ["worker", "-Q", queue_name(service), "--pool", "threads", "--concurrency", str(slots),
+            "-n", f"{settings.XIAOZHI_WORKER_QUEUE_PREFIX}-{service}@%h", "--loglevel", loglevel]
+    for module in include or []:
+        argv += ["-I", module]
+    if quiet_cluster:  # no gossip/mingle/heartbeat: faster start, for benchmarks and tests
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return argv
+
+
+class Command(BaseCommand):
+    help = "Run Celery workers for voice services (asr, llm, tts), one process per service, each with " \
+           "performance.yaml's max_concurrent for it as its concurrency."
+
+    def add_arguments(self, parser):
+        parser.add_argument("services", nargs="+", choices=SERVICES)
+        parser.add_argument("--concurrency", type=int, help="calls at once, instead of max_concurrent (one service only)")
+        parser.add_argument("--include", action="append", default=[], help="extra module with operations (-I)")
+        parser.add_argument("--loglevel", default="info")
+        parser.add_argument("--quiet-cluster", action="store_true", help="--without-gossip/mingle/heartbeat")
+
+    def handle(self, *args, services, concurrency, include, loglevel, quiet_cluster, **options):
+        services = list(dict.fromkeys(services))
+        if not settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+            raise CommandError(f"voice workers need Redis as broker and channel layer: set REDIS_URL "
+                               f"(CELERY_BROKER_URL is {settings.CELERY_BROKER_URL!r})")
+        if len(services) == 1:
+            from xiaozhi.celery import app
+
+            app.worker_main(worker_argv(services[0], concurrency=concurrency, include=include, loglevel=loglevel,
+                                        quiet_cluster=quiet_cluster))
+            return
+        if concurrency:
+            raise CommandError("--concurrency applies to one service; run one command per service")
+        self._supervise(services, include, loglevel, quiet_cluster)
+
+    def _supervise(self, services, include, loglevel, quiet_cluster) -> None:
+        """Several services: a child process each; stop them all when one ends or on a signal."""
+        manage = str(Path(settings.BASE_DIR) / "manage.py")
+        extra = [f"--include={m}" for m in include] + [f"--loglevel={loglevel}"] + (["--quiet-cluster"] if quiet_cluster else [])
+        children = [subprocess.Popen([sys.executable, manage, "voice_worker", service, *extra]) for service in services]
+
+        def stop(*_):
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            while all(child.poll() is None for child in children):
+                try:
+                    children[0].wait(1)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            stop()
+            for child in children:
+                try:
+                    child.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        failed = [s for s, c in zip(services, children) if c.returncode not in (0, -signal.SIGTERM)]
+        if failed:
+            raise CommandError(f"voice worker(s) ended with an error: {', '.join(failed)}")
