@@ -47,6 +47,7 @@ class Pacer:
         self.first_audio_at: float | None = None  # loop time of the reply's first frame sent
         self.frames_sent = 0
         self.late_frames = 0  # frames that left more than a frame after their due time
+        self._queued_audio = 0  # frames waiting in the queue
 
     # -- producer side ---------------------------------------------------------------------------------
     async def begin(self) -> None:
@@ -64,7 +65,17 @@ class Pacer:
         await self._queue.put((_TEXT, message))
 
     async def audio(self, frame: bytes) -> None:
+        self._queued_audio += 1
         await self._queue.put((_AUDIO, frame))
+
+    def runs_dry_at(self) -> float:
+        """Loop time (= ``time.monotonic()``) at which the device will have played everything sent
+        and queued so far: the deadline of the reply's next sentence (now, if nothing is playing)."""
+        now = asyncio.get_running_loop().time()
+        played = now
+        if self._anchor is not None:
+            played = max(now, self._anchor + (self._count + self.lead) * self.frame)
+        return played + self._queued_audio * self.frame
 
     async def end(self) -> None:
         """Queue ``tts stop`` behind the audio; ``wait_stopped`` returns once it has been sent."""
@@ -84,6 +95,7 @@ class Pacer:
             self._task = None
         while not self._queue.empty():
             self._queue.get_nowait()
+        self._queued_audio = 0
         if self.reply_open:
             await self._send_stop()
         self._stopped.set()
@@ -104,6 +116,7 @@ class Pacer:
         while True:
             kind, payload = await self._queue.get()
             if kind == _AUDIO:
+                self._queued_audio -= 1
                 await self._send_frame(loop, payload)
             elif kind == _TEXT:
                 await self._send_text(payload)

@@ -91,7 +91,10 @@ async def _synthesize_into_pacer(deps: TurnDeps, text: str, record: TurnRecord |
     started = time.monotonic()
     first = True
     # Resampled and Opus-encoded where the voice is synthesised: only finished frames come back.
-    stream = deps.services["tts"].stream("speech_frames", deps.tts, text, deps.voice, deps.output_rate, owner=deps.device_id)
+    # Due when this device's playout runs dry (now, for a first sentence): sentences of several
+    # answers playing at once are synthesised earliest deadline first.
+    stream = deps.services["tts"].stream("speech_frames", deps.tts, text, deps.voice, deps.output_rate,
+                                         owner=deps.device_id, deadline=deps.pacer.runs_dry_at())
     async with aclosing(stream):  # closed at once on abort, so the worker is freed
         async for frames in stream:
             if first and record is not None:

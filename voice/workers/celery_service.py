@@ -87,7 +87,9 @@ class CeleryService:
     def stats(self) -> dict:
         return self.admission.stats()
 
-    async def call(self, operation: str, *args, owner: str | None = None, timeout: float | None = None):
+    async def call(self, operation: str, *args, owner: str | None = None, timeout: float | None = None,
+                   deadline: float | None = None):
+        """``deadline`` is accepted for the seam's sake and not used: a broker queue is FIFO."""
         if operations.get(operation).streams:
             raise TypeError(f"{operation} is a stream: use stream()")
         limit = timeout or self.limits.timeout
@@ -98,7 +100,8 @@ class CeleryService:
         finally:
             await exchange.aclose()
 
-    async def stream(self, operation: str, *args, owner: str | None = None, first_item_timeout: float | None = None) -> AsyncIterator:
+    async def stream(self, operation: str, *args, owner: str | None = None, first_item_timeout: float | None = None,
+                     deadline: float | None = None) -> AsyncIterator:
         if not operations.get(operation).streams:
             raise TypeError(f"{operation} is not a stream: use call()")
         first = first_item_timeout or self.limits.first_token_timeout or self.limits.timeout

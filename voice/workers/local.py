@@ -1,7 +1,8 @@
-"""In-process workers (the embedded default): one FIFO thread pool per voice service.
+"""In-process workers (the embedded default): one thread pool per voice service.
 
 Admission (``voice.workers.admission``) is decided before queueing, so a full service refuses at
-once. The thread pool's own queue is FIFO, so waiting calls run in arrival order. Calls name an
+once. Waiting calls run earliest deadline first (``voice.workers.deadline_executor``); a call
+without a deadline is due when it arrives, so such calls run in arrival order. Calls name an
 operation (``voice.workers.operations``), exactly as with the Celery backend; ``run`` takes a
 plain callable for work bound to per-session state that stays in this process (the VAD).
 """
@@ -13,11 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from voice.conf import SERVICES, ServiceLimits, service_limits
 from voice.workers import operations
 from voice.workers.admission import Admission, ServiceBusy, ServiceTimeout, Ticket
+from voice.workers.deadline_executor import DeadlineExecutor
 
 __all__ = ["LocalService", "ServiceBusy", "ServiceTimeout", "services", "run_blocking"]
 
@@ -29,7 +30,7 @@ class LocalService:
         self.limits = limits
         self.name = limits.name
         self.admission = Admission(limits)
-        self._executor = ThreadPoolExecutor(max_workers=limits.max_concurrent, thread_name_prefix=f"voice-{limits.name}")
+        self._executor = DeadlineExecutor(limits.max_concurrent, thread_name_prefix=f"voice-{limits.name}")
 
     @staticmethod
     def _run_admitted(ticket: Ticket, fn: Callable, args: tuple):
@@ -42,23 +43,30 @@ class LocalService:
         finally:
             ticket.finish(ok)
 
+    def _submit(self, ticket: Ticket, fn: Callable, args: tuple, deadline: float | None):
+        future = self._executor.submit(self._run_admitted, ticket, fn, args, deadline=deadline)
+        # A call cancelled while it waited (abort, timeout) never runs: its place is freed here.
+        future.add_done_callback(lambda f: f.cancelled() and ticket.finish(False))
+        return future
+
     def stats(self) -> dict:
         return self.admission.stats()
 
     # -- calls -----------------------------------------------------------------------------------------
-    async def call(self, operation: str, *args, owner: str | None = None, timeout: float | None = None):
+    async def call(self, operation: str, *args, owner: str | None = None, timeout: float | None = None,
+                   deadline: float | None = None):
         """Run the named operation on this service's threads and return its result."""
         op = operations.get(operation)
         if op.streams:
             raise TypeError(f"{operation} is a stream: use stream()")
-        return await self.run(op.fn, *args, owner=owner, timeout=timeout)
+        return await self.run(op.fn, *args, owner=owner, timeout=timeout, deadline=deadline)
 
-    async def run(self, fn: Callable, *args, owner: str | None = None, timeout: float | None = None):
+    async def run(self, fn: Callable, *args, owner: str | None = None, timeout: float | None = None,
+                  deadline: float | None = None):
         """Run blocking ``fn(*args)`` on this service's threads. A timed-out call keeps its thread
         until it returns (threads cannot be killed) and keeps counting as active meanwhile."""
         ticket = self.admission.admit(owner)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._run_admitted, ticket, fn, args)
+        future = asyncio.wrap_future(self._submit(ticket, fn, args, deadline))
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (abort).
             async with asyncio.timeout(timeout or self.limits.timeout):
@@ -76,10 +84,12 @@ class LocalService:
         owner: str | None = None,
         first_item_timeout: float | None = None,
         max_buffered: int = 64,
+        deadline: float | None = None,
     ) -> AsyncIterator:
         """Iterate the named streaming operation on this service's threads, yielding its items on
         the event loop. At most ``max_buffered`` items wait between the thread and the loop; the
-        generator is stopped (via its ``cancel`` event) when the consumer stops early or is cancelled."""
+        generator is stopped (via its ``cancel`` event) when the consumer stops early or is cancelled.
+        ``deadline`` (``time.monotonic()``): when the first item is needed, for the queue's order."""
         op = operations.get(operation)
         if not op.streams:
             raise TypeError(f"{operation} is not a stream: use call()")
@@ -104,7 +114,7 @@ class LocalService:
                 raise
             loop.call_soon_threadsafe(items.put_nowait, (done, None))
 
-        producer = loop.run_in_executor(self._executor, self._run_admitted, ticket, produce, ())
+        producer = asyncio.wrap_future(self._submit(ticket, produce, (), deadline))
         producer.add_done_callback(_retrieve)  # errors reach the consumer via the queue
         deadline = loop.time() + self.limits.timeout
         first_deadline = loop.time() + (first_item_timeout or self.limits.first_token_timeout or self.limits.timeout)
@@ -133,7 +143,7 @@ class LocalService:
             room.release()
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()
 
 
 def _retrieve(future) -> None:
