@@ -13,9 +13,18 @@ def test_first_piece_is_cut_at_a_comma_once_it_has_a_few_words():
     assert pieces == ["Well, the weather today is sunny,", "warm and calm.", "See you later!"]
 
 
-def test_later_pieces_wait_for_sentence_punctuation():
+def test_later_short_clauses_wait_for_sentence_punctuation():
     pieces = feed_all(SentenceSplitter(), ["One two three four, five. ", "Six, seven, eight nine ten, eleven."])
     assert pieces == ["One two three four,", "five.", "Six, seven, eight nine ten, eleven."]
+
+
+def test_a_long_later_sentence_is_cut_at_a_comma_so_the_next_audio_comes_in_time():
+    """Under load the LLM may take longer for a long sentence than the device needs to play the
+    short first clause: the piece ends at a comma once it has ten words."""
+    long_sentence = "Paris is the capital and the largest city of France, with many museums and parks."
+    pieces = feed_all(SentenceSplitter(), ["Sure thing, my friend. ", long_sentence])
+    assert pieces == ["Sure thing, my friend.", "Paris is the capital and the largest city of France,",
+                      "with many museums and parks."]
 
 
 def test_a_decimal_point_does_not_end_a_sentence():
