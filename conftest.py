@@ -1,5 +1,6 @@
 """Shared test fixtures. With DATABASE_URL / REDIS_URL set (as in CI) every test runs on MySQL and
 Redis; an unreachable Redis is an error here, never a skip."""
+import asyncio
 import os
 
 import pytest
@@ -69,8 +70,10 @@ def say():
 
 
 @pytest.fixture
-def connect_device(transactional_db):
-    """``await connect_device(...)`` -> a SimulatedDevice connected in-process to the real ASGI app."""
+async def connect_device(transactional_db):
+    """``await connect_device(...)`` -> a SimulatedDevice connected in-process to the real ASGI app.
+    Every device is disconnected at the end, so no consumer is left waiting on the channel layer:
+    one cancelled by the closing event loop instead can hang in a Redis receive (channels-redis)."""
     from channels.testing import WebsocketCommunicator
 
     from voice.simulated_device import SimulatedDevice
@@ -92,6 +95,12 @@ def connect_device(transactional_db):
         return device
 
     yield connect
+    for device in devices:
+        try:
+            async with asyncio.timeout(5):
+                await device.close()
+        except Exception:  # noqa: BLE001 - already closed by the test or by the server
+            pass
 
 
 @pytest.fixture(scope="session", autouse=True)
