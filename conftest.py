@@ -113,6 +113,8 @@ def celery_voice_worker(tmp_path_factory):
     if settings.XIAOZHI_WORKER_BACKEND != "celery":
         yield None
         return
+    import shlex
+    import signal
     import subprocess
     import sys
     import time
@@ -121,26 +123,33 @@ def celery_voice_worker(tmp_path_factory):
     import voice.tests.probe_operations  # noqa: F401 - the same probes on this side of the seam
 
     prefix = settings.XIAOZHI_WORKER_QUEUE_PREFIX
-    queues = ",".join(f"{prefix}.{kind}" for kind in ("asr", "llm", "tts", "test"))
     env = dict(os.environ, XIAOZHI_WORKER_QUEUE_PREFIX=prefix, XIAOZHI_MONITORING_SCHEDULER="off")
     log_path = tmp_path_factory.mktemp("celery") / "worker.log"
     log = open(log_path, "w+")
+    # One worker for the voice queues, and one for the seam tests' "test" queue taking one call at a
+    # time, like the in-process "test" services, so both backends pass the same tests.
+    # (`manage.py voice_worker` has its own test, in test_voice_worker_command.py.)
+    def worker(queues, concurrency, name):
+        return [sys.executable, "-m", "celery", "-A", "xiaozhi", "worker", "-Q", queues, "--pool", "threads",
+                "--concurrency", str(concurrency), "-n", f"{name}@%h", "--loglevel", "info",
+                "-I", "voice.tests.probe_operations", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+    voice = worker(",".join(f"{prefix}.{kind}" for kind in ("asr", "llm", "tts")), 4, prefix)
+    probe = worker(f"{prefix}.test", 1, f"{prefix}-test")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "xiaozhi", "worker", "-Q", queues, "--pool", "threads",
-         "--concurrency", "4", "-n", f"{prefix}@%h", "--loglevel", "info", "-I", "voice.tests.probe_operations",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=Path(__file__).resolve().parent, env=env, stdout=log, stderr=subprocess.STDOUT,
+        ["sh", "-c", f"{shlex.join(probe)} & exec {shlex.join(voice)}"],
+        cwd=Path(__file__).resolve().parent, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    deadline = time.monotonic() + 180  # the worker loads and warms its models before it is ready
-    while "ready." not in log_path.read_text():
+    deadline = time.monotonic() + 180  # the workers load and warm their models before they are ready
+    while log_path.read_text().count("ready.") < 2:
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the Celery voice worker did not start:\n{log_path.read_text()[-3000:]}")
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"the Celery voice workers did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.2)
     yield process
-    process.terminate()
+    os.killpg(process.pid, signal.SIGTERM)  # the voice workers and the test-queue worker
     try:
-        process.wait(15)
+        process.wait(30)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
     log.close()

@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
 from channels.layers import get_channel_layer
@@ -83,6 +84,9 @@ class CeleryService:
         self.queue = queue or queue_name(limits.name)
         self.admission = Admission(limits)
         self._drains: set[asyncio.Task] = set()  # owned here; cancelled by shutdown()
+        # One thread submits this service's calls, so they reach the broker in the order they were
+        # admitted (a shared pool could let a later call overtake an earlier one by a millisecond).
+        self._submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"voice-submit-{self.name}")
 
     def stats(self) -> dict:
         return self.admission.stats()
@@ -124,7 +128,7 @@ class CeleryService:
         ended = ok = False  # ended: the worker sent its last message (or was never asked)
         try:
             reply = await layer.new_channel()
-            await loop.run_in_executor(None, self._submit, call_id, operation, args, reply, timeout)
+            await loop.run_in_executor(self._submitter, self._submit, call_id, operation, args, reply, timeout)
             expected = 0
             while True:
                 try:
@@ -186,6 +190,7 @@ class CeleryService:
     def shutdown(self) -> None:
         for task in list(self._drains):
             task.cancel()
+        self._submitter.shutdown(wait=False, cancel_futures=True)
 
 
 def _mark_cancelled(call_id: str) -> None:
