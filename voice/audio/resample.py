@@ -9,6 +9,13 @@ def int16_to_float32(pcm: np.ndarray) -> np.ndarray:
     return np.asarray(pcm, dtype=np.int16).astype(np.float32) / 32768.0
 
 
+def mono_float32(pcm: np.ndarray) -> np.ndarray:
+    """Any utterance (int16 or float) as the flat float32 array in [-1, 1] that ASR models take."""
+    if pcm.dtype == np.int16:
+        return int16_to_float32(pcm).reshape(-1)
+    return np.asarray(pcm, dtype=np.float32).reshape(-1)
+
+
 def float32_to_int16(pcm: np.ndarray) -> np.ndarray:
     scaled = np.asarray(pcm, dtype=np.float32) * 32768.0
     return np.clip(scaled, -32768, 32767).astype(np.int16)

@@ -53,16 +53,20 @@ class ReplySender:
                 time.sleep(0.02)
 
 
-_sender: ReplySender | None = None
-_sender_lock = threading.Lock()
+_shared: dict[type, object] = {}
+_shared_lock = threading.Lock()
+
+
+def _shared_instance(cls):
+    """One instance of ``cls`` per worker process, made on first use (each owns a thread)."""
+    with _shared_lock:
+        if cls not in _shared:
+            _shared[cls] = cls()
+        return _shared[cls]
 
 
 def sender() -> ReplySender:
-    global _sender
-    with _sender_lock:
-        if _sender is None:
-            _sender = ReplySender()
-        return _sender
+    return _shared_instance(ReplySender)
 
 
 class _CallState:
@@ -118,15 +122,8 @@ class CancelWatcher:
                     state.cancel.set()
 
 
-_watcher: CancelWatcher | None = None
-
-
 def watcher() -> CancelWatcher:
-    global _watcher
-    with _sender_lock:
-        if _watcher is None:
-            _watcher = CancelWatcher()
-        return _watcher
+    return _shared_instance(CancelWatcher)
 
 
 def serve(call_id: str, operation: str, reply: str, deadline: float, enqueued: float) -> str:

@@ -6,6 +6,7 @@ dry) should not wait behind a sentence of a device with 3 s of audio still buffe
 deadline (``time.monotonic()`` seconds: when the result is needed); a call without one gets its
 submission time, so calls without deadlines run in arrival order, and a first sentence (someone is
 waiting for it now) goes before sentences that are not yet needed. Equal deadlines keep arrival order.
+The heap holds only admitted calls, so the service's admission (max_concurrent + queue_size) bounds it.
 """
 from __future__ import annotations
 

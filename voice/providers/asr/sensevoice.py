@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voice.audio.resample import mono_float32
 from voice.providers.base import ProviderUnavailable
 from voice.providers.pool import ModelPool
 
@@ -169,9 +170,7 @@ class SenseVoiceASR:
         return model
 
     def transcribe(self, pcm: np.ndarray) -> str:
-        if pcm.dtype == np.int16:
-            pcm = pcm.astype(np.float32) / 32768.0
-        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        pcm = mono_float32(pcm)
         if pcm.size < MIN_SAMPLES:
             return ""
         if not pcm.flags.writeable:  # e.g. np.frombuffer over a worker's bytes; torch wants to own it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from voice.audio.resample import mono_float32
 from voice.providers.base import ProviderUnavailable
 from voice.providers.pool import ModelPool
 
@@ -54,9 +55,7 @@ class WhisperASR:
         )
 
     def transcribe(self, pcm: np.ndarray) -> str:
-        if pcm.dtype == np.int16:
-            pcm = pcm.astype(np.float32) / 32768.0
-        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        pcm = mono_float32(pcm)
         if pcm.size < MIN_SAMPLES:
             return ""
         with self._pool.borrow() as model:
