@@ -54,6 +54,20 @@ class CommunicatorLink:
         await self.communicator.disconnect()
 
 
+@pytest.fixture(autouse=True)
+def fresh_channel_layer():
+    """Each test gets a channel layer of its own. Every test runs in a new event loop, and a
+    channels-redis layer keeps asyncio locks bound to the loop that used them: a receive one test's
+    loop left pending (a consumer, a drained worker reply) held the lock shared by all of this
+    process's channels, and the next test's receives failed "bound to a different event loop" or
+    waited for ever. (A server has one loop per process, so only tests reuse a layer this way.)"""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture(scope="session")
 def say():
     """Speech frames for a text, synthesised once per test run with the bundled voice."""

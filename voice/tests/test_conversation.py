@@ -3,6 +3,7 @@ import pytest
 
 from devices.models import Turn
 from voice.audio.opus import OpusDecoder
+from voice.protocol import Stt, Tts
 
 pytestmark = [pytest.mark.models, pytest.mark.django_db(transaction=True)]
 
@@ -85,12 +86,19 @@ async def test_speech_while_speaking_in_realtime_mode_is_barge_in(connect_device
     await device.stream(silence_frames(10))
     await device.wait_for(lambda e: e.kind == "audio", 20)
     # the user talks over the answer
+    before = len(device.events)
     result = await device.turn(say(QUESTION), mode="realtime", send_listen_start=False)
     states = [getattr(e.message, "state", None) for e in result.events]
     assert states.count("stop") >= 1
     first_stop = states.index("stop")
     assert result.stt and "capital" in result.stt.lower(), "the interrupting question was answered"
-    assert any(e.kind == "audio" for e in result.events[first_stop:])
+    # turn() returns at the barge-in's stop; the answer to the question ends with a stop of its own
+    # (waited for here: on a busy machine it may come after the trailing silence)
+    transcript = next(i for i, e in enumerate(device.events) if i >= before and isinstance(e.message, Stt))
+    await device.wait_for(lambda e: isinstance(e.message, Tts) and e.message.state == "stop", 30, since=transcript)
+    answer = device.events[transcript:]
+    assert any(e.kind == "audio" for e in answer)
+    assert sum(getattr(e.message, "state", None) == "stop" for e in device.events[before:]) >= 2
     await device.close()
 
 
