@@ -39,8 +39,9 @@ migrate: setup
 run: migrate
 	$(VENV)/bin/daphne -b 0.0.0.0 -p $(PORT) xiaozhi.asgi:application
 
-# With Redis configured (CI always), the pipeline tests run a second time with the model calls on a
-# real Celery worker (started by conftest.py); a Redis that does not answer fails the run.
+# With Redis configured (CI always), the pipeline tests run a second time with the model calls on
+# real Celery workers laid out as in production (`manage.py voice_worker asr llm tts`, started by
+# conftest.py); a Redis that does not answer fails the run.
 CELERY_TEST_MODULES := voice/tests/test_workers.py voice/tests/test_conversation.py voice/tests/test_end_to_end.py
 
 test: setup

@@ -119,9 +119,9 @@ async def connect_device(transactional_db):
 
 @pytest.fixture(scope="session", autouse=True)
 def celery_voice_worker(tmp_path_factory):
-    """With XIAOZHI_WORKER_BACKEND=celery: a real Celery worker process serving this run's voice
-    queues (and the seam tests' probe operations), started once and stopped at the end. Its broker
-    and channel layer are this run's REDIS_URL."""
+    """With XIAOZHI_WORKER_BACKEND=celery: real Celery workers serving this run's voice queues (and
+    the seam tests' probe operations), started once and stopped at the end. Their broker and channel
+    layer are this run's REDIS_URL."""
     from django.conf import settings
 
     if settings.XIAOZHI_WORKER_BACKEND != "celery":
@@ -140,22 +140,20 @@ def celery_voice_worker(tmp_path_factory):
     env = dict(os.environ, XIAOZHI_WORKER_QUEUE_PREFIX=prefix, XIAOZHI_MONITORING_SCHEDULER="off")
     log_path = tmp_path_factory.mktemp("celery") / "worker.log"
     log = open(log_path, "w+")
-    # One worker for the voice queues, and one for the seam tests' "test" queue taking one call at a
-    # time, like the in-process "test" services, so both backends pass the same tests.
-    # (`manage.py voice_worker` has its own test, in test_voice_worker_command.py.)
-    def worker(queues, concurrency, name):
-        return [sys.executable, "-m", "celery", "-A", "xiaozhi", "worker", "-Q", queues, "--pool", "threads",
-                "--concurrency", str(concurrency), "-n", f"{name}@%h", "--loglevel", "info",
-                "-I", "voice.tests.probe_operations", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-
-    voice = worker(",".join(f"{prefix}.{kind}" for kind in ("asr", "llm", "tts")), 4, prefix)
-    probe = worker(f"{prefix}.test", 1, f"{prefix}-test")
+    # The voice queues as production runs them (`manage.py voice_worker`: one process per service,
+    # each with performance.yaml's max_concurrent), and one worker for the seam tests' "test" queue
+    # taking one call at a time, like the in-process "test" services, so both backends pass the same tests.
+    voice = [sys.executable, "manage.py", "voice_worker", "asr", "llm", "tts",
+             "--include=voice.tests.probe_operations", "--quiet-cluster"]
+    probe = [sys.executable, "-m", "celery", "-A", "xiaozhi", "worker", "-Q", f"{prefix}.test", "--pool", "threads",
+             "--concurrency", "1", "-n", f"{prefix}-test@%h", "--loglevel", "info",
+             "-I", "voice.tests.probe_operations", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     process = subprocess.Popen(
         ["sh", "-c", f"{shlex.join(probe)} & exec {shlex.join(voice)}"],
         cwd=Path(__file__).resolve().parent, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + 180  # the workers load and warm their models before they are ready
-    while log_path.read_text().count("ready.") < 2:
+    while log_path.read_text().count("ready.") < 4:
         if process.poll() is not None or time.monotonic() > deadline:
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail(f"the Celery voice workers did not start:\n{log_path.read_text()[-3000:]}")
