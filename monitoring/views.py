@@ -41,8 +41,28 @@ def health(request):
         except Exception as exc:  # noqa: BLE001
             checks["redis"] = f"error: {exc}"
     checks["models"] = registry.loaded_names()
-    healthy = all(checks[k] == "ok" for k in ("database", "cache", "redis") if k in checks)
+    if settings.XIAOZHI_WORKER_BACKEND == "celery":
+        checks.update(_voice_worker_checks())
+    healthy = all(checks[k] == "ok" for k in ("database", "cache", "redis", "voice_workers") if k in checks)
     return JsonResponse({"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503)
+
+
+def _voice_worker_checks() -> dict:
+    """Under Celery the ASR/LLM/TTS models live in the workers: a service with no live worker
+    (no heartbeat within its TTL) cannot answer any device, so the server is not healthy."""
+    from voice.workers import heartbeat
+    from voice.workers.celery_service import queue_name
+
+    try:
+        workers = heartbeat.live_workers()
+    except Exception as exc:  # noqa: BLE001
+        return {"voice_workers": f"error: {exc}"}
+    missing = heartbeat.missing_services(workers)
+    status = "ok" if not missing else "error: no live worker for " + ", ".join(
+        f"{s} (queue {queue_name(s)})" for s in missing)
+    detail = {s: [{"host": w["host"], "pid": w["pid"], "models": w["models"].get(s, []), "age_s": w["age_s"]}
+                  for w in found] for s, found in workers.items()}
+    return {"voice_workers": status, "workers": detail}
 
 
 @require_GET

@@ -47,6 +47,37 @@ def test_health_reports_database_redis_and_models(client, settings):
 
 
 @pytest.mark.django_db
+def test_health_under_celery_names_each_service_without_a_live_worker(client, settings):
+    """Under Celery the models live in the workers: /health lists them from their heartbeats and is
+    503 while a service has no live worker (no device could be answered)."""
+    if not settings.REDIS_URL:
+        pytest.skip("worker heartbeats live in Redis")
+    import uuid
+
+    from voice.workers import heartbeat
+    from voice.workers.celery_service import redis_client
+
+    settings.XIAOZHI_WORKER_BACKEND = "celery"
+    settings.XIAOZHI_WORKER_QUEUE_PREFIX = prefix = f"health-{uuid.uuid4().hex[:8]}"
+    heartbeat.announce(["asr", "llm"], {"asr": ["whisper"], "llm": ["smollm2"], "vad": ["silero"]}, pid=101)
+    response = client.get("/health")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["voice_workers"] == f"error: no live worker for tts (queue {prefix}.tts)"
+    assert checks["workers"]["asr"][0]["models"] == ["whisper"] and checks["workers"]["asr"][0]["pid"] == 101
+    assert checks["workers"]["tts"] == []
+
+    record = heartbeat.announce(["tts"], {"tts": ["piper"]}, pid=102)
+    response = client.get("/health")
+    assert response.status_code == 200 and response.json()["checks"]["voice_workers"] == "ok"
+    assert response.json()["checks"]["workers"]["tts"][0]["models"] == ["piper"]
+    key = f"xiaozhi:voice:worker:{prefix}:{record['host']}:102"
+    assert 0 < redis_client().ttl(key) <= heartbeat.TTL  # a worker that stops beating drops out by itself
+    redis_client().delete(key)  # as if its TTL had run out
+    assert client.get("/health").status_code == 503
+
+
+@pytest.mark.django_db
 def test_metrics_prometheus_text(client):
     load_some_figures()
     response = client.get("/metrics")

@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 
 from voice.conf import ServiceLimits, service_limits
 from voice.management.commands.voice_worker import worker_argv
+from voice.workers import heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,6 +73,9 @@ async def test_a_tts_worker_started_by_the_command_speaks_through_the_celery_bac
             text = log_path.read_text()
             assert f"{prefix}.tts" in text and f"concurrency: {service_limits('tts').max_concurrent} (thread)" in text
             assert "voice worker ready: tts" in text  # it loaded its own model, and only that one
+            workers = heartbeat.live_workers()  # what /health reports under Celery
+            assert [(w["pid"], w["models"]["tts"]) for w in workers["tts"]] == [(worker.pid, ["piper"])]
+            assert workers["asr"] == [] and workers["llm"] == []
 
             tts = make_service(ServiceLimits("tts", 1, 2, 30.0, pool_size=1), backend="celery")
             frames = [f async for chunk in tts.stream("speech_frames", "piper", "Hello from the worker.", None, 24000)

@@ -182,6 +182,9 @@ def _preload(kinds: list[str]) -> None:
 
     spent = preload(kinds)
     log.info("voice worker ready: %s", ", ".join(f"{k} {s:.2f} s" for k, s in spent.items()))
+    from voice.workers import heartbeat
+
+    heartbeat.start(kinds)  # from now on /health sees this worker and its models
 
 
 @worker_init.connect

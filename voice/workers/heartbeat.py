@@ -1,0 +1,78 @@
+"""Voice workers announce themselves in Redis, so ``/health`` on any Daphne process can say which
+services have a live worker and which models it loaded (with ``XIAOZHI_WORKER_BACKEND=celery`` the
+models are not in Daphne). One key per worker process, rewritten every ``INTERVAL`` seconds and
+expiring after ``TTL``: a worker that dies or hangs drops out by itself, with nobody to clean up.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+
+from django.conf import settings
+
+from voice.workers.celery_service import redis_client
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 10.0
+TTL = 30  # three missed beats
+SERVICES = ("asr", "llm", "tts")
+
+_started: set[tuple[str, ...]] = set()
+_lock = threading.Lock()
+
+
+def _key_prefix() -> str:
+    return f"xiaozhi:voice:worker:{settings.XIAOZHI_WORKER_QUEUE_PREFIX}:"
+
+
+def announce(services: list[str], models: dict[str, list[str]], *, pid: int | None = None) -> dict:
+    """Write (or refresh) this worker's record; returns it."""
+    record = {"host": socket.gethostname(), "pid": pid or os.getpid(), "services": list(services),
+              "models": {s: models.get(s, []) for s in services}, "at": time.time()}
+    redis_client().set(f"{_key_prefix()}{record['host']}:{record['pid']}", json.dumps(record), ex=TTL)
+    return record
+
+
+def start(services: list[str]) -> None:
+    """Announce now and keep announcing from a daemon thread (once per process and set of services)."""
+    from voice.providers.registry import loaded_names
+
+    key = tuple(services)
+    with _lock:
+        if not services or key in _started:
+            return
+        _started.add(key)
+
+    def beat():
+        while True:
+            try:
+                announce(services, loaded_names())
+            except Exception as exc:  # noqa: BLE001 - Redis away for a moment: try again next beat
+                log.warning("worker heartbeat: %s", exc)
+            time.sleep(INTERVAL)
+
+    threading.Thread(target=beat, name="voice-worker-heartbeat", daemon=True).start()
+
+
+def live_workers() -> dict[str, list[dict]]:
+    """The workers that announced themselves within ``TTL``, by service."""
+    client = redis_client()
+    keys = list(client.scan_iter(match=f"{_key_prefix()}*", count=200))
+    by_service: dict[str, list[dict]] = {s: [] for s in SERVICES}
+    for raw in client.mget(keys) if keys else []:
+        if raw is None:  # expired between the scan and the read
+            continue
+        record = json.loads(raw)
+        record["age_s"] = round(max(time.time() - record.pop("at", 0.0), 0.0), 1)
+        for service in record.get("services", []):
+            by_service.setdefault(service, []).append(record)
+    return by_service
+
+
+def missing_services(workers: dict[str, list[dict]]) -> list[str]:
+    return [s for s in SERVICES if not workers.get(s)]
