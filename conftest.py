@@ -64,8 +64,6 @@ def fresh_channel_layer():
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
 
 
 @pytest.fixture(scope="session")
@@ -135,6 +133,7 @@ def celery_voice_worker(tmp_path_factory):
     from pathlib import Path
 
     import voice.tests.probe_operations  # noqa: F401 - the same probes on this side of the seam
+    from voice.management.commands.voice_worker import worker_argv
 
     prefix = settings.XIAOZHI_WORKER_QUEUE_PREFIX
     env = dict(os.environ, XIAOZHI_WORKER_QUEUE_PREFIX=prefix, XIAOZHI_MONITORING_SCHEDULER="off")
@@ -145,9 +144,8 @@ def celery_voice_worker(tmp_path_factory):
     # taking one call at a time, like the in-process "test" services, so both backends pass the same tests.
     voice = [sys.executable, "manage.py", "voice_worker", "asr", "llm", "tts",
              "--include=voice.tests.probe_operations", "--quiet-cluster"]
-    probe = [sys.executable, "-m", "celery", "-A", "xiaozhi", "worker", "-Q", f"{prefix}.test", "--pool", "threads",
-             "--concurrency", "1", "-n", f"{prefix}-test@%h", "--loglevel", "info",
-             "-I", "voice.tests.probe_operations", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    probe = [sys.executable, "-m", "celery", "-A", "xiaozhi",
+             *worker_argv("test", concurrency=1, include=["voice.tests.probe_operations"], quiet_cluster=True)]
     process = subprocess.Popen(
         ["sh", "-c", f"{shlex.join(probe)} & exec {shlex.join(voice)}"],
         cwd=Path(__file__).resolve().parent, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -57,9 +57,10 @@ def start_worker(env: dict, prefix: str, log_path: Path, layout: str) -> subproc
                           "--concurrency", "4", "-n", f"{prefix}@%h", "-I", "voice.tests.probe_operations",
                           "--loglevel", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"], 1
     else:
-        probe = [sys.executable, "-m", "celery", "-A", "xiaozhi", "worker", "-Q", f"{prefix}.test", "--pool", "threads",
-                 "--concurrency", "1", "-n", f"{prefix}-probe@%h", "-I", "voice.tests.probe_operations",
-                 "--loglevel", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        from voice.management.commands.voice_worker import worker_argv
+
+        probe = [sys.executable, "-m", "celery", "-A", "xiaozhi",
+                 *worker_argv("test", concurrency=1, include=["voice.tests.probe_operations"], quiet_cluster=True)]
         voice = [sys.executable, "manage.py", "voice_worker", "asr", "llm", "tts", "--quiet-cluster"]
         command, ready = ["sh", "-c", f"{shlex.join(probe)} & exec {shlex.join(voice)}"], 4
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -181,6 +182,9 @@ def main():
     os.environ["XIAOZHI_WORKER_QUEUE_PREFIX"] = prefix
     os.environ["XIAOZHI_MONITORING_SCHEDULER"] = "off"
     workdir = Path(tempfile.mkdtemp(prefix="backends-"))
+    import django
+
+    django.setup()  # settings (queue prefix, limits) for the workers' command lines
     worker = start_worker(dict(os.environ), prefix, workdir / "worker.log", args.worker_layout)
     results = {"cpus": os.cpu_count(), "load_1": os.getloadavg()[0], "worker_layout": args.worker_layout}
     try:

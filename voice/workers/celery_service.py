@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "voice.run_operation"
 KEY_PREFIX = "xiaozhi:voice:call:"
+REMOTE_SERVICES = ("asr", "llm", "tts")  # the services workers serve; the VAD stays in Daphne
 DRAIN_SECONDS = 5.0  # at most this long listening for a cancelled call's last message
 
 

@@ -24,7 +24,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from voice.workers import operations
-from voice.workers.celery_service import args_key, cancel_key, redis_client, unpack
+from voice.workers.celery_service import REMOTE_SERVICES, args_key, cancel_key, redis_client, unpack
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +170,7 @@ def serve(call_id: str, operation: str, reply: str, deadline: float, enqueued: f
 
 def kinds_for_queues(queues) -> list[str]:
     prefix = f"{settings.XIAOZHI_WORKER_QUEUE_PREFIX}."
-    from voice.providers.registry import KINDS
-
-    return [q[len(prefix):] for q in queues if q.startswith(prefix) and q[len(prefix):] in KINDS and q[len(prefix):] != "vad"]
+    return [q[len(prefix):] for q in queues if q.startswith(prefix) and q[len(prefix):] in REMOTE_SERVICES]
 
 
 def _preload(kinds: list[str]) -> None:

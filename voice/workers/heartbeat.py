@@ -14,15 +14,13 @@ import time
 
 from django.conf import settings
 
-from voice.workers.celery_service import redis_client
+from voice.workers.celery_service import REMOTE_SERVICES, redis_client
 
 log = logging.getLogger(__name__)
 
 INTERVAL = 10.0
 TTL = 30  # three missed beats
-SERVICES = ("asr", "llm", "tts")
-
-_started: set[tuple[str, ...]] = set()
+_started = False
 _lock = threading.Lock()
 
 
@@ -39,14 +37,14 @@ def announce(services: list[str], models: dict[str, list[str]], *, pid: int | No
 
 
 def start(services: list[str]) -> None:
-    """Announce now and keep announcing from a daemon thread (once per process and set of services)."""
+    """Announce now and keep announcing from a daemon thread (once per process)."""
+    global _started
     from voice.providers.registry import loaded_names
 
-    key = tuple(services)
     with _lock:
-        if not services or key in _started:
+        if not services or _started:
             return
-        _started.add(key)
+        _started = True
 
     def beat():
         while True:
@@ -63,7 +61,7 @@ def live_workers() -> dict[str, list[dict]]:
     """The workers that announced themselves within ``TTL``, by service."""
     client = redis_client()
     keys = list(client.scan_iter(match=f"{_key_prefix()}*", count=200))
-    by_service: dict[str, list[dict]] = {s: [] for s in SERVICES}
+    by_service: dict[str, list[dict]] = {s: [] for s in REMOTE_SERVICES}
     for raw in client.mget(keys) if keys else []:
         if raw is None:  # expired between the scan and the read
             continue
@@ -75,4 +73,4 @@ def live_workers() -> dict[str, list[dict]]:
 
 
 def missing_services(workers: dict[str, list[dict]]) -> list[str]:
-    return [s for s in SERVICES if not workers.get(s)]
+    return [s for s in REMOTE_SERVICES if not workers.get(s)]

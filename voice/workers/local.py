@@ -116,12 +116,13 @@ class LocalService:
 
         producer = asyncio.wrap_future(self._submit(ticket, produce, (), deadline))
         producer.add_done_callback(_retrieve)  # errors reach the consumer via the queue
-        deadline = loop.time() + self.limits.timeout
-        first_deadline = loop.time() + (first_item_timeout or self.limits.first_token_timeout or self.limits.timeout)
+        # (``deadline`` above orders the queue; these bound how long this caller waits)
+        gives_up_at = loop.time() + self.limits.timeout
+        first_by = loop.time() + (first_item_timeout or self.limits.first_token_timeout or self.limits.timeout)
         first = True
         try:
             while True:
-                limit = min(deadline, first_deadline) if first else deadline
+                limit = min(gives_up_at, first_by) if first else gives_up_at
                 try:
                     async with asyncio.timeout_at(limit):
                         item, exc = await items.get()

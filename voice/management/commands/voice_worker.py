@@ -18,14 +18,13 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-SERVICES = ("asr", "llm", "tts")
+from voice.workers.celery_service import REMOTE_SERVICES, queue_name
 
 
 def worker_argv(service: str, *, concurrency: int | None = None, include: list[str] | None = None,
                 loglevel: str = "info", quiet_cluster: bool = False) -> list[str]:
     """The ``celery worker`` arguments for one voice service."""
     from voice.conf import service_limits
-    from voice.workers.celery_service import queue_name
 
     slots = concurrency or service_limits(service).max_concurrent
     argv = ["worker", "-Q", queue_name(service), "--pool", "threads", "--concurrency", str(slots),
@@ -42,7 +41,7 @@ class Command(BaseCommand):
            "performance.yaml's max_concurrent for it as its concurrency."
 
     def add_arguments(self, parser):
-        parser.add_argument("services", nargs="+", choices=SERVICES)
+        parser.add_argument("services", nargs="+", choices=REMOTE_SERVICES)
         parser.add_argument("--concurrency", type=int, help="calls at once, instead of max_concurrent (one service only)")
         parser.add_argument("--include", action="append", default=[], help="extra module with operations (-I)")
         parser.add_argument("--loglevel", default="info")
