@@ -69,13 +69,13 @@ def fresh_channel_layer():
 @pytest.fixture(scope="session")
 def say():
     """Speech frames for a text, synthesised once per test run with the bundled voice."""
-    from voice.simulated_device import speech_frames
+    from voice.simulated_device import spoken_frames
 
     cache = {}
 
     def frames(text):
         if text not in cache:
-            cache[text] = speech_frames(text)
+            cache[text] = spoken_frames(text)
         return cache[text]
 
     return frames

@@ -94,7 +94,7 @@ async def seam_overhead(calls: int, items: int) -> dict:
         async for stamp in svc.stream("probe.stamps", items, 0.005):
             delivery.append(time.time() - stamp)
         out[backend] = {"empty_call": summary(trips), "stream_item_delivery": summary(delivery),
-                        "avg_wait_ms (submit -> start)": svc.stats()["avg_wait_ms"]}
+                        "avg_wait_ms (submit -> start)": svc.occupancy()["avg_wait_ms"]}
     return out
 
 
@@ -129,7 +129,7 @@ async def model_calls(calls: int) -> dict:
             spent = time.perf_counter() - started
             started = time.perf_counter()
             first = None
-            async for _frames in tts.stream("speech_frames", "piper", sentence, None, 24000):
+            async for _frames in tts.stream("tts_frames", "piper", sentence, None, 24000):
                 first = first or time.perf_counter() - started
             if i:  # the first round opens connections
                 transcribe.append(spent)

@@ -92,10 +92,10 @@ def main():
 
         from monitoring import aggregate, snapshots
         from monitoring.models import MetricSnapshot
-        from voice import stats
+        from voice import live_stats
 
         if not settings.REDIS_URL:
-            stats.gauge_add("connected_devices", args.devices)
+            live_stats.gauge_add("connected_devices", args.devices)
         take, collect = [], []
         for _ in range(args.repeat):
             t0 = time.perf_counter()

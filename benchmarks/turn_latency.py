@@ -64,9 +64,9 @@ def prepare(prefix: str) -> tuple[dict, dict]:
     import django
 
     django.setup()
-    from voice.simulated_device import speech_frames
+    from voice.simulated_device import spoken_frames
 
-    return env, {q: speech_frames(q) for q in QUESTIONS}
+    return env, {q: spoken_frames(q) for q in QUESTIONS}
 
 
 def start_server(env: dict) -> tuple[subprocess.Popen, str]:

@@ -4,7 +4,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from devices import services
+from devices import records
 from devices.forms import AgentConfigForm, BindActivationCodeForm
 from devices.models import AgentConfig, Device, DeviceSession, Turn
 
@@ -65,7 +65,7 @@ class DeviceAdmin(admin.ModelAdmin):
         form = BindActivationCodeForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                device = services.bind_activation_code(form.cleaned_data["code"], form.cleaned_data["agent"])
+                device = records.bind_activation_code(form.cleaned_data["code"], form.cleaned_data["agent"])
             except ValueError as exc:
                 form.add_error("code", str(exc))
             else:

@@ -15,11 +15,9 @@ from django.conf import settings
 
 from devices.device_ids import normalize_device_id
 from devices.tokens import verify_token
+from voice.protocol import CloseCode
 
 logger = logging.getLogger(__name__)
-
-CLOSE_BAD_REQUEST = 4400
-CLOSE_UNAUTHORIZED = 4401
 
 
 @dataclass(frozen=True)
@@ -69,9 +67,9 @@ def identify(scope) -> DeviceIdentity:
         return DeviceIdentity(device_id, client_id, protocol_version, remote_addr, error_code, error_reason)
 
     if not raw_device_id:
-        return identity(CLOSE_BAD_REQUEST, "missing Device-Id")
+        return identity(CloseCode.BAD_REQUEST, "missing Device-Id")
     if device_id is None:
-        return identity(CLOSE_BAD_REQUEST, "invalid Device-Id")
+        return identity(CloseCode.BAD_REQUEST, "invalid Device-Id")
     if not settings.XIAOZHI_AUTH_ENABLED or _is_allow_listed(device_id):
         return identity()
     token = source.get("authorization", "").strip()
@@ -79,7 +77,7 @@ def identify(scope) -> DeviceIdentity:
         return identity()
     reason = "invalid token" if token else "missing token"
     logger.warning("Refused device %s (client %s) from %s: %s", device_id, client_id, remote_addr, reason)
-    return identity(CLOSE_UNAUTHORIZED, reason)
+    return identity(CloseCode.UNAUTHORIZED, reason)
 
 
 class DeviceAuthMiddleware:

@@ -9,9 +9,6 @@ from __future__ import annotations
 import collections
 import threading
 
-CLOSE_SERVER_FULL = 4503  # the 4xxx private range mirrors HTTP 503, as 4400/4401/4408 mirror theirs
-
-
 class ConnectionSlots:
     """A counter with a ceiling; a lock because tests may run consumers on several event loops.
 

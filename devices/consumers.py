@@ -16,12 +16,12 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from devices import services
-from devices.connection_limits import CLOSE_SERVER_FULL, slots
-from voice import stats
+from devices import records
+from devices.connection_limits import slots
+from voice import live_stats
 from voice.conf import performance_config
-from voice.protocol import negotiate_binary_version
-from voice.session import CLOSE_REPLACED, SessionConfig, VoiceSession
+from voice.protocol import CloseCode, negotiate_binary_version
+from voice.session import SessionConfig, VoiceSession
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def device_group(device_id: str) -> str:
 
 class DeviceConsumer(AsyncWebsocketConsumer):
     session: VoiceSession | None = None
-    info: services.ConnectionInfo | None = None
+    info: records.ConnectionInfo | None = None
     group: str | None = None
     closed = False
     counted = False  # whether this connection is in the connected_devices gauge
@@ -48,10 +48,10 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             return
         limit = performance_config().server.max_connections
         if not slots.try_acquire(limit, identity.device_id):
-            stats.incr("connections_refused")
+            live_stats.incr("connections_refused")
             log.warning("refused %s from %s: server full (%d connections, server.max_connections)",
                         identity.device_id, identity.remote_addr, limit)
-            await self.close(code=CLOSE_SERVER_FULL, reason="server full")
+            await self.close(code=CloseCode.SERVER_FULL, reason="server full")
             return
         self.holds_slot = True
         try:
@@ -62,7 +62,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
 
     async def _start_session(self, identity, arrived: float) -> None:
         version = negotiate_binary_version(identity.protocol_version_header, None)
-        self.info = await database_sync_to_async(services.register_connection)(identity, version)
+        self.info = await database_sync_to_async(records.register_connection)(identity, version)
         # One live session per device: tell older connections of this device to close.
         self.group = device_group(identity.device_id)
         await self.channel_layer.group_send(self.group, {"type": "device.takeover", "channel": self.channel_name})
@@ -86,19 +86,19 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         self.session = VoiceSession(self, config, on_turn=self._record_turn)
         self.session.start()
         self.counted = True
-        stats.gauge_add("connected_devices", 1)
-        stats.incr("connections")
+        live_stats.gauge_add("connected_devices", 1)
+        live_stats.incr("connections")
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.session is None:
             return
         if bytes_data is not None:
-            stats.incr("ws_messages_in")
-            stats.incr("ws_bytes_in", len(bytes_data))
+            live_stats.incr("ws_messages_in")
+            live_stats.incr("ws_bytes_in", len(bytes_data))
             self.session.handle_binary(bytes_data)
         elif text_data is not None:
-            stats.incr("ws_messages_in")
-            stats.incr("ws_bytes_in", len(text_data))
+            live_stats.incr("ws_messages_in")
+            live_stats.incr("ws_bytes_in", len(text_data))
             await self.session.handle_text(text_data)
 
     def _release_slot(self) -> None:
@@ -113,29 +113,29 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             await self.session.close(f"socket closed ({code})")
             if self.counted:
                 self.counted = False
-                stats.gauge_add("connected_devices", -1)
+                live_stats.gauge_add("connected_devices", -1)
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.info:
-            await database_sync_to_async(services.close_connection)(self.info.session_pk, f"closed {code}")
+            await database_sync_to_async(records.close_connection)(self.info.session_pk, f"closed {code}")
 
     async def device_takeover(self, event):
         if event["channel"] != self.channel_name and not self.closed:
             if self.session:
                 await self.session.close("replaced")
-            await self.close(code=CLOSE_REPLACED, reason="replaced by a newer connection of this device")
+            await self.close(code=CloseCode.REPLACED, reason="replaced by a newer connection of this device")
 
     # -- the session's transport ---------------------------------------------------------------------------
     async def send_text(self, text: str) -> None:
         if not self.closed:
-            stats.incr("ws_messages_out")
-            stats.incr("ws_bytes_out", len(text))
+            live_stats.incr("ws_messages_out")
+            live_stats.incr("ws_bytes_out", len(text))
             await self.send(text_data=text)
 
     async def send_bytes(self, data: bytes) -> None:
         if not self.closed:
-            stats.incr("ws_messages_out")
-            stats.incr("ws_bytes_out", len(data))
+            live_stats.incr("ws_messages_out")
+            live_stats.incr("ws_bytes_out", len(data))
             await self.send(bytes_data=data)
 
     async def close(self, code=None, reason=None):  # noqa: D401 - the session's transport close too
@@ -144,4 +144,4 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             await super().close(code=code, reason=reason)
 
     async def _record_turn(self, record) -> None:
-        await database_sync_to_async(services.record_turn)(self.info.device_pk, self.info.session_pk, record.as_row())
+        await database_sync_to_async(records.record_turn)(self.info.device_pk, self.info.session_pk, record.as_row())

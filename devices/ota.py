@@ -14,7 +14,7 @@ from django.db import DatabaseError
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from devices import services
+from devices import records
 from devices.device_ids import normalize_device_id
 from devices.models import Device
 from devices.tokens import issue_token
@@ -88,8 +88,8 @@ def _answer(request, device_id: str, client_id: str, firmware_version: str, devi
             "version": settings.XIAOZHI_BINARY_PROTOCOL_VERSION,
         },
     }
-    if device is not None and services.needs_activation(device):
-        code = services.ensure_activation_code(device)
+    if device is not None and records.needs_activation(device):
+        code = records.ensure_activation_code(device)
         answer["activation"] = {
             "code": code,
             "message": f"{settings.XIAOZHI_ACTIVATION_URL}\n{code}",
@@ -115,7 +115,7 @@ def ota(request):
     firmware_version = _field(body, "application", "version") or ua_version
     board = _field(body, "board", "type") or ua_board
     try:
-        device = services.record_ota_poll(device_id, client_id, board, firmware_version)
+        device = records.record_ota_poll(device_id, client_id, board, firmware_version)
         return _json(_answer(request, device_id, client_id, firmware_version, device))
     except DatabaseError:
         # The device can still reach the socket; the connection records it again there.

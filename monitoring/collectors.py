@@ -1,4 +1,4 @@
-"""What one process measures: the machine (psutil) and the voice side (voice.stats, worker services).
+"""What one process measures: the machine (psutil) and the voice side (voice.live_stats, worker services).
 
 Everything returned is plain JSON so it can be published to Redis and stored in a snapshot as is.
 """
@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from voice import stats
+from voice import live_stats
 
 _process = psutil.Process()
 _process.cpu_percent(None)  # the first call primes the counter; later calls measure since the last one
@@ -63,18 +63,18 @@ def system() -> dict:
     }
 
 
-def services() -> dict:
+def service_occupancy() -> dict:
     """Per-service queue figures; only services already built (never builds them as a side effect)."""
     from voice.workers import local
 
     if local.services.cache_info().currsize == 0:
         return {}
-    return {name: service.stats() for name, service in local.services().items()}
+    return {name: service.occupancy() for name, service in local.services().items()}
 
 
 def application() -> dict:
     """The voice side of this process: counters, gauges, turns/minute, latency percentiles, queues."""
-    snap = stats.snapshot()
+    snap = live_stats.snapshot()
     counters = snap["counters"]
     errors = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("errors:")}
     cache = {}
@@ -88,7 +88,7 @@ def application() -> dict:
         "gauges": snap["gauges"],
         "turns_per_minute": snap["turns_per_minute"],
         "latency_ms": snap["latency_ms"],
-        "services": services(),
+        "services": service_occupancy(),
         "cache": cache,
     }
 

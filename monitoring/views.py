@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from monitoring import aggregate, prometheus
 from monitoring.models import Alert, MetricSnapshot
-from voice import stats
+from voice import live_stats
 from voice.conf import effective_config
 from voice.providers import registry
 
@@ -129,7 +129,7 @@ def performance_reset(request):
         rejected = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
         if rejected is not None:
             return rejected
-    stats.reset()
+    live_stats.reset()
     aggregate.publish()
     return JsonResponse({"status": "reset", "process": aggregate.collectors.process_id()})
 

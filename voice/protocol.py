@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from enum import IntEnum
 from dataclasses import MISSING, dataclass, field, fields
 from typing import ClassVar
 
@@ -23,6 +24,22 @@ ERROR_KINDS = ("too_large", "malformed_json", "not_object", "missing_type", "unk
 LISTEN_STATES = ("start", "stop", "detect")
 LISTEN_MODES = ("auto", "manual", "realtime")
 TTS_STATES = ("start", "sentence_start", "stop")
+
+
+class CloseCode(IntEnum):
+    """Every code the server closes a device socket with, so a device (or a log reader) can tell
+    the reasons apart. Daphne (autobahn) sends only 1000 or 3000-4999, so the private range
+    mirrors HTTP where it can."""
+
+    NORMAL = 1000
+    IDLE = 4000  # no voice for the idle limit, or an unbound device's session limit
+    BAD_REQUEST = 4400  # missing or malformed Device-Id
+    UNAUTHORIZED = 4401  # bad or missing token (accepted, then closed, so the reason is seen)
+    HELLO_TIMEOUT = 4408  # no hello in time
+    REPLACED = 4409  # a newer connection of the same device took over
+    TOO_BIG = 4413  # a run of frames over the size limit
+    BAD_DATA = 4422  # a run of undecodable frames
+    SERVER_FULL = 4503  # the process holds its connection limit
 
 
 class ProtocolError(ValueError):

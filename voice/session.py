@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
-from voice.pipeline.vad_batcher import hear
+from voice.workers.vad_batcher import hear
 from voice.pipeline.pacer import Pacer
 from voice.pipeline.turn import TurnDeps, TurnRecord, prefill_next_turn, run_turn, speak
 from voice.protocol import (
+    CloseCode,
     Abort,
     AudioParams,
     BinaryFraming,
@@ -36,7 +37,7 @@ from voice.protocol import (
     negotiate_binary_version,
     parse_device_message,
 )
-from voice import stats
+from voice import live_stats
 from voice.providers import registry
 from voice.workers import ServiceBusy, ServiceTimeout, services
 
@@ -46,17 +47,6 @@ IDLE, LISTENING, THINKING, SPEAKING = "idle", "listening", "thinking", "speaking
 MAX_PENDING_PACKETS = 200  # ~12 s of 60 ms audio waiting for the VAD worker; older packets are dropped
 MAX_BAD_FRAMES = 20  # consecutive undecodable frames before the socket is closed
 ACTIVATION_PROMPT_EVERY = 30.0
-
-# Close codes the device (or a log reader) can tell apart.
-CLOSE_NORMAL = 1000
-# Daphne (autobahn) only sends 1000 or 3000-4999, so the private range mirrors HTTP:
-# 4422 a flood of undecodable frames, 4413 a frame over the size limit.
-CLOSE_BAD_DATA = 4422
-CLOSE_TOO_BIG = 4413
-CLOSE_HELLO_TIMEOUT = 4408
-CLOSE_IDLE = 4000
-CLOSE_REPLACED = 4409
-
 
 @dataclass
 class SessionConfig:
@@ -178,7 +168,7 @@ class VoiceSession:
             message = parse_device_message(text)
         except ProtocolError as exc:
             self.counters[f"bad_text:{exc.kind}"] += 1
-            stats.incr(f"errors:bad_text:{exc.kind}")
+            live_stats.incr(f"errors:bad_text:{exc.kind}")
             log.info("device %s sent a bad message (%s): %s", self.config.device_id, exc.kind, exc)
             if exc.kind == "too_large":
                 self._count_bad_frame(exc)
@@ -204,7 +194,7 @@ class VoiceSession:
             frame = self.framing.decode(data)
         except FrameError as exc:
             self.counters[f"bad_frame:{exc.kind}"] += 1
-            stats.incr(f"errors:bad_frame:{exc.kind}")
+            live_stats.incr(f"errors:bad_frame:{exc.kind}")
             self._count_bad_frame(exc)
             return
         self._bad_frames = 0
@@ -221,7 +211,7 @@ class VoiceSession:
         """A bad frame is dropped; a run of them means a broken or hostile client: close."""
         self._bad_frames += 1
         if self._bad_frames == MAX_BAD_FRAMES:
-            code = CLOSE_TOO_BIG if exc.kind == "too_large" else CLOSE_BAD_DATA
+            code = CloseCode.TOO_BIG if exc.kind == "too_large" else CloseCode.BAD_DATA
             self._spawn(self._close_socket(code, f"too many bad frames ({exc.kind})"), "close")
 
     # -- messages -----------------------------------------------------------------------------------------
@@ -266,7 +256,7 @@ class VoiceSession:
         self._pending.clear()
         self.state = LISTENING if self.mode in ("auto", "realtime") else IDLE
         self.counters["aborts"] += 1
-        stats.incr("aborts")
+        live_stats.incr("aborts")
         log.info("session %s: turn aborted (%s)", self.config.session_id, reason)
 
     # -- input: decode + VAD off the loop -------------------------------------------------------------------
@@ -294,8 +284,8 @@ class VoiceSession:
             log.exception("session %s: VAD failed", self.config.session_id)
             self._lost_audio(batch, exc)
             return
-        stats.observe("vad_lag_ms", (time.monotonic() - batch[0][1]) * 1000)
-        stats.incr("vad_packets", len(batch))
+        live_stats.observe("vad_lag_ms", (time.monotonic() - batch[0][1]) * 1000)
+        live_stats.incr("vad_packets", len(batch))
         for event in events:
             if isinstance(event, SpeechStarted):
                 self.touch()
@@ -306,8 +296,8 @@ class VoiceSession:
 
     def _lost_audio(self, batch: list, exc: Exception) -> None:
         self.counters["audio_lost"] += len(batch)
-        stats.incr("audio_lost", len(batch))
-        stats.incr(f"errors:vad:{type(exc).__name__}")
+        live_stats.incr("audio_lost", len(batch))
+        live_stats.incr(f"errors:vad:{type(exc).__name__}")
         log.warning("session %s: %d audio packets lost: %s", self.config.session_id, len(batch), exc)
 
     # -- turns ------------------------------------------------------------------------------------------------
@@ -341,7 +331,7 @@ class VoiceSession:
 
     async def _turn_task(self, utterance: Utterance, record: TurnRecord) -> None:
         deps = self._deps()
-        stats.gauge_add("active_turns", 1)
+        live_stats.gauge_add("active_turns", 1)
         try:
             await run_turn(deps, utterance, record)
             if not record.error:
@@ -354,9 +344,9 @@ class VoiceSession:
                 self._turn = None
                 if self.state == THINKING:  # ended without a reply (nothing intelligible was heard)
                     self._on_speaking(False)
-            stats.gauge_add("active_turns", -1)
+            live_stats.gauge_add("active_turns", -1)
             if record.user_text:
-                stats.turn_finished(record.as_row())
+                live_stats.turn_finished(record.as_row())
             if self.on_turn and record.user_text:
                 self._spawn(self.on_turn(record), "record-turn")
 
@@ -391,17 +381,17 @@ class VoiceSession:
     async def _hello_watchdog(self) -> None:
         await asyncio.sleep(self.config.hello_timeout)
         if self.framing is None:
-            await self._close_socket(CLOSE_HELLO_TIMEOUT, "no hello")
+            await self._close_socket(CloseCode.HELLO_TIMEOUT, "no hello")
 
     async def _idle_watchdog(self) -> None:
         limit = self.config.idle_timeout if self.config.activated else min(self.config.idle_timeout, self.config.unbound_session_seconds)
         while True:
             if not self.config.activated and time.monotonic() - self._started >= self.config.unbound_session_seconds:
-                await self._close_socket(CLOSE_IDLE, "unbound session limit")
+                await self._close_socket(CloseCode.IDLE, "unbound session limit")
                 return
             busy = self.state in (THINKING, SPEAKING)
             quiet_for = time.monotonic() - self._last_activity
             if not busy and quiet_for >= limit:
-                await self._close_socket(CLOSE_IDLE, f"no voice for {limit:.0f} s")
+                await self._close_socket(CloseCode.IDLE, f"no voice for {limit:.0f} s")
                 return
             await asyncio.sleep(max(min(limit - quiet_for, 5.0), 0.2) if not busy else 1.0)

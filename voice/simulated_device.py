@@ -38,7 +38,7 @@ FRAME_SECONDS = 0.06
 UPLINK_RATE = 16000
 
 
-def speech_frames(text: str) -> list[bytes]:
+def spoken_frames(text: str) -> list[bytes]:
     """``text`` spoken by the bundled Piper voice, as 16 kHz 60 ms Opus frames (what a device sends)."""
     from voice.audio.opus import OpusEncoder
     from voice.audio.resample import resample

@@ -185,7 +185,7 @@ XIAOZHI_UNBOUND_SESSION_SECONDS = env_float("XIAOZHI_UNBOUND_SESSION_SECONDS", 1
 XIAOZHI_VAD_SILENCE_MS = env_int("XIAOZHI_VAD_SILENCE_MS", 500, 100, 5000)
 XIAOZHI_VAD_THRESHOLD = env_float("XIAOZHI_VAD_THRESHOLD", 0.5, 0.0)
 XIAOZHI_MAX_UTTERANCE_SECONDS = env_float("XIAOZHI_MAX_UTTERANCE_SECONDS", 30.0, 1.0)
-# How uplink audio reaches the VAD (voice/pipeline/vad_batcher.py): "cross_session" scores many sessions'
+# How uplink audio reaches the VAD (voice/workers/vad_batcher.py): "cross_session" scores many sessions'
 # chunks in shared model runs (at most XIAOZHI_VAD_MAX_BATCH sessions a run); "session" (one call per
 # session batch) and "packet" (one call per packet, the naive baseline) are kept for comparison.
 XIAOZHI_VAD_BATCHING = env_str("XIAOZHI_VAD_BATCHING", "cross_session")

@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from devices.models import AgentConfig, Device
-from devices.services import bind_activation_code
+from devices.records import bind_activation_code
 
 MAC = "aa:bb:cc:dd:ee:ff"
 BIND_URL = "/admin/devices/device/bind/"

@@ -2,8 +2,9 @@
 anything starts, the devices already in keep talking, and a freed slot is used again."""
 import pytest
 
-from devices.connection_limits import CLOSE_SERVER_FULL, ConnectionSlots, slots
-from voice import stats
+from devices.connection_limits import ConnectionSlots, slots
+from voice.protocol import CloseCode
+from voice import live_stats
 from voice.conf import performance_config
 
 pytestmark = [pytest.mark.models, pytest.mark.django_db(transaction=True)]
@@ -21,7 +22,7 @@ def room_for_two(monkeypatch):
 
 
 def refused_count():
-    return stats.snapshot()["counters"].get("connections_refused", 0)
+    return live_stats.snapshot()["counters"].get("connections_refused", 0)
 
 
 async def test_the_third_device_is_refused_the_first_two_keep_talking_and_a_freed_slot_is_reused(
@@ -36,7 +37,7 @@ async def test_the_third_device_is_refused_the_first_two_keep_talking_and_a_free
 
     third = await connect_device("aa:bb:cc:00:00:03")
     assert third.server_hello is None
-    assert (third.close_code, third.close_reason) == (CLOSE_SERVER_FULL, "server full")
+    assert (third.close_code, third.close_reason) == (CloseCode.SERVER_FULL, "server full")
     assert refused_count() == refused_before + 1  # monitoring sees the rejection
     assert await DeviceSession.objects.acount() == sessions_before  # nothing registered for it
 
@@ -60,7 +61,7 @@ async def test_a_device_reconnecting_to_a_full_server_replaces_its_own_socket(co
     assert again.server_hello is not None
     assert await first.wait_closed(5) == 4409
     stranger = await connect_device("aa:bb:cc:00:00:13")
-    assert stranger.close_code == CLOSE_SERVER_FULL
+    assert stranger.close_code == CloseCode.SERVER_FULL
     for device in (first, again, stranger):
         await device.close()
 

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from voice import stats
+from voice import live_stats
 
 
 def seed_rules():
@@ -19,12 +19,12 @@ def seed_rules():
 def clean_monitoring(settings, request):
     settings.XIAOZHI_MONITORING_REDIS_PREFIX = f"test-monitoring-{uuid.uuid4().hex[:8]}:"
     settings.XIAOZHI_MONITORING_WEBHOOK_URL = ""
-    stats.reset()
+    live_stats.reset()
     if request.node.get_closest_marker("django_db") or "live_server" in request.fixturenames:
         request.getfixturevalue("live_server" if "live_server" in request.fixturenames else "db")
         seed_rules()
     yield
-    stats.reset()
+    live_stats.reset()
     from monitoring import aggregate
 
     client = aggregate.redis_client()

@@ -8,7 +8,7 @@ from django.db import OperationalError
 
 from monitoring import aggregate, alerts, evaluation
 from monitoring.models import Alert, AlertRule
-from voice import stats
+from voice import live_stats
 
 
 def devices_rule() -> AlertRule:
@@ -76,7 +76,7 @@ def test_load_over_edited_threshold_opens_once_then_resolves(monkeypatch, caplog
     rule.save()
     assert alerts.evaluate_rule(rule.pk, aggregate.current()) == evaluation.NONE
 
-    stats.gauge_add("connected_devices", 60)  # 60 devices connect
+    live_stats.gauge_add("connected_devices", 60)  # 60 devices connect
     assert race(rule.pk, monkeypatch) == [evaluation.NONE, evaluation.OPEN]
     assert race(rule.pk, monkeypatch) == [evaluation.NONE, evaluation.NONE]  # still over: nothing new
     alert = Alert.objects.get()
@@ -84,7 +84,7 @@ def test_load_over_edited_threshold_opens_once_then_resolves(monkeypatch, caplog
     assert AlertRule.objects.get(pk=rule.pk).state == "firing"
     assert "alert opened" in caplog.text
 
-    stats.gauge_add("connected_devices", -60)  # the load stops
+    live_stats.gauge_add("connected_devices", -60)  # the load stops
     assert race(rule.pk, monkeypatch) == [evaluation.NONE, evaluation.RESOLVE]
     alert.refresh_from_db()
     assert alert.status == Alert.RESOLVED and alert.resolved_value == 0 and alert.resolved_at
@@ -94,7 +94,7 @@ def test_load_over_edited_threshold_opens_once_then_resolves(monkeypatch, caplog
 
 @pytest.mark.django_db
 def test_threshold_edit_applies_on_next_evaluation():
-    stats.gauge_add("connected_devices", 10)
+    live_stats.gauge_add("connected_devices", 10)
     rule = devices_rule()
     rule.cooldown_seconds = 0
     rule.save()
@@ -115,15 +115,15 @@ def test_held_for_and_cooldown_with_the_clock():
     rule = devices_rule()
     rule.threshold, rule.for_seconds, rule.cooldown_seconds = 1, 30, 120
     rule.save()
-    stats.gauge_add("connected_devices", 2)
+    live_stats.gauge_add("connected_devices", 2)
     combined = aggregate.current()
     assert alerts.evaluate_rule(rule.pk, combined, now) == evaluation.PEND
     assert alerts.evaluate_rule(rule.pk, combined, now + timedelta(seconds=10)) == evaluation.NONE
     assert alerts.evaluate_rule(rule.pk, combined, now + timedelta(seconds=30)) == evaluation.OPEN
-    stats.gauge_add("connected_devices", -2)
+    live_stats.gauge_add("connected_devices", -2)
     combined = aggregate.current()
     assert alerts.evaluate_rule(rule.pk, combined, now + timedelta(seconds=40)) == evaluation.RESOLVE
-    stats.gauge_add("connected_devices", 2)
+    live_stats.gauge_add("connected_devices", 2)
     combined = aggregate.current()
     assert alerts.evaluate_rule(rule.pk, combined, now + timedelta(seconds=50)) == evaluation.PEND
     assert alerts.evaluate_rule(rule.pk, combined, now + timedelta(seconds=100)) == evaluation.NONE  # cooling down
@@ -136,7 +136,7 @@ def test_disabled_rule_resolves_its_open_alert_and_stays_quiet():
     rule = devices_rule()
     rule.threshold = 0
     rule.save()
-    stats.gauge_add("connected_devices", 1)
+    live_stats.gauge_add("connected_devices", 1)
     assert alerts.evaluate_all()[rule.pk] == evaluation.OPEN
     AlertRule.objects.filter(pk=rule.pk).update(enabled=False)
     assert alerts.evaluate_all()[rule.pk] == evaluation.RESOLVE
@@ -156,7 +156,7 @@ def test_webhook_notified_with_short_timeout(settings, monkeypatch):
     rule = devices_rule()
     rule.threshold = 0
     rule.save()
-    stats.gauge_add("connected_devices", 3)
+    live_stats.gauge_add("connected_devices", 3)
     alerts.evaluate_rule(rule.pk, aggregate.current())
     url, payload, timeout = sent[0]
     assert url == settings.XIAOZHI_MONITORING_WEBHOOK_URL and timeout <= 5
@@ -170,7 +170,7 @@ def test_webhook_failure_does_not_break_evaluation(settings):
     rule = devices_rule()
     rule.threshold = 0
     rule.save()
-    stats.gauge_add("connected_devices", 1)
+    live_stats.gauge_add("connected_devices", 1)
     assert alerts.evaluate_rule(rule.pk, aggregate.current()) == evaluation.OPEN
     assert Alert.objects.get().notified["opened"]["webhook"].startswith("error")
 
@@ -184,7 +184,7 @@ async def test_real_connections_push_devices_over_threshold_then_leave(connect_d
 
     async def gauge_reaches(predicate) -> float:
         for _ in range(100):  # each consumer counts itself just after the handshake / on its close
-            value = stats.snapshot()["gauges"]["connected_devices"]
+            value = live_stats.snapshot()["gauges"]["connected_devices"]
             if predicate(value):
                 return value
             await asyncio.sleep(0.1)

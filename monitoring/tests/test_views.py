@@ -9,15 +9,15 @@ from django.utils.html import escape
 
 from monitoring import aggregate, collectors, snapshots
 from monitoring.models import MetricSnapshot
-from voice import stats
+from voice import live_stats
 
 
 def load_some_figures():
-    stats.gauge_add("connected_devices", 3)
-    stats.incr("ws_messages_in", 7)
-    stats.incr("ws_bytes_in", 700)
-    stats.turn_finished({"first_audio_sent_ms": 900.0, "asr_done_ms": 200.0})
-    stats.turn_finished({"first_audio_sent_ms": 1100.0, "error": "llm: boom"})
+    live_stats.gauge_add("connected_devices", 3)
+    live_stats.incr("ws_messages_in", 7)
+    live_stats.incr("ws_bytes_in", 700)
+    live_stats.turn_finished({"first_audio_sent_ms": 900.0, "asr_done_ms": 200.0})
+    live_stats.turn_finished({"first_audio_sent_ms": 1100.0, "error": "llm: boom"})
 
 
 def fake_other_process(settings, devices=5):
@@ -141,7 +141,7 @@ def test_reset_needs_auth(client, settings):
     settings.XIAOZHI_MONITORING_API_TOKEN = "s3cret"
     assert client.post("/api/performance/reset/", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
     assert client.post("/api/performance/reset/", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
-    assert stats.snapshot()["counters"] == {}
+    assert live_stats.snapshot()["counters"] == {}
 
 
 @pytest.mark.django_db
@@ -236,7 +236,7 @@ def test_scheduler_writes_snapshots_and_evaluates(settings):
     settings.XIAOZHI_MONITORING_SNAPSHOT_SECONDS = 1
     settings.XIAOZHI_MONITORING_PUBLISH_SECONDS = 1
     AlertRule.objects.filter(metric="connected_devices").update(threshold=2)
-    stats.gauge_add("connected_devices", 3)
+    live_stats.gauge_add("connected_devices", 3)
     thread = scheduler.start_if_configured()
     assert scheduler.start_if_configured() is thread  # once per process
     try:
@@ -263,7 +263,7 @@ def test_celery_tasks_snapshot_evaluate_prune(staff_client):
     from monitoring.models import Alert, AlertRule
 
     AlertRule.objects.filter(metric="connected_devices").update(threshold=2)
-    stats.gauge_add("connected_devices", 3)
+    live_stats.gauge_add("connected_devices", 3)
     aggregate.publish()  # as the server process's scheduler thread does
     pk = tasks.snapshot()
     assert MetricSnapshot.objects.get(pk=pk).connected_devices == 3

@@ -29,7 +29,7 @@ def paced_with_lead(n, lead=2):
 
 
 class ScriptedServer:
-    """Answers each ``listen stop`` (manual mode) or the ``speech_frames``-th audio frame after
+    """Answers each ``listen stop`` (manual mode) or the ``answer_after_frames``-th audio frame after
     ``listen start`` (auto mode) with stt after ``stt`` s, tts start ``tts_start`` s later, then
     audio frames at ``frame_offsets`` (s after the first, which comes ``first_audio`` s later),
     ``tts sentence_end`` and an unknown message (a device must tolerate both), and ``tts stop``.
@@ -38,11 +38,11 @@ class ScriptedServer:
     ``service`` s each (before ``stt``), up to ``queue`` more waiting in arrival order, and any
     request beyond that answered at once with the server's busy notice (no ``stt``)."""
 
-    def __init__(self, frame_offsets, stt=0.2, tts_start=0.1, first_audio=0.1, speech_frames=None,
+    def __init__(self, frame_offsets, stt=0.2, tts_start=0.1, first_audio=0.1, answer_after_frames=None,
                  slots=None, queue=0, service=0.0):
         self.frame_offsets = frame_offsets
         self.stt, self.tts_start, self.first_audio = stt, tts_start, first_audio
-        self.speech_frames = speech_frames
+        self.answer_after_frames = answer_after_frames
         self.slots, self.queue, self.service = slots, queue, service
         self.in_service = 0
         self.semaphore: asyncio.Semaphore | None = None
@@ -93,7 +93,7 @@ class ScriptedServer:
             if isinstance(message, bytes):
                 if heard is not None:
                     heard += 1
-                    if self.speech_frames and heard == self.speech_frames:
+                    if self.answer_after_frames and heard == self.answer_after_frames:
                         heard = None
                         await self.answer(ws)
                 continue
@@ -130,6 +130,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--frames", type=int, default=40, help="answer audio frames, paced at 60 ms with a lead of 2")
-    parser.add_argument("--speech-frames", type=int, default=20, help="auto mode: answer after this many frames")
+    parser.add_argument("--answer-after-frames", type=int, default=20, help="auto mode: answer after this many frames")
     args = parser.parse_args()
-    asyncio.run(ScriptedServer(paced_with_lead(args.frames), speech_frames=args.speech_frames).serve(port=args.port))
+    asyncio.run(ScriptedServer(paced_with_lead(args.frames), answer_after_frames=args.answer_after_frames).serve(port=args.port))

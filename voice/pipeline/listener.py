@@ -1,7 +1,7 @@
 """Turns a device's uplink Opus packets into utterances.
 
-Per-session state only (decoder, VAD stream, buffers); the VAD model itself is shared. ``process``
-(or ``decode`` / ``apply`` around a VAD run shared with other sessions, see ``vad_batcher.py``) is
+Per-session state only (decoder, VAD stream, buffers); the VAD model itself is shared. ``feed``
+(or ``decode`` / ``apply`` around a VAD run shared with other sessions, see ``voice/workers/vad_batcher.py``) is
 blocking and runs on the VAD service's thread, a batch of packets at a time, so the event loop
 never decodes or runs the model. Tiny packets are the firmware's DTX silence: they skip decoding
 and VAD entirely, which makes a quiet listening device almost free.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voice import stats
+from voice import live_stats
 from voice.audio.opus import OpusDecoder
 from voice.providers.base import VADModel
 
@@ -80,15 +80,15 @@ class Listener:
         self.vad_stream.reset()
 
     # -- the hot path ------------------------------------------------------------------------------------
-    def process(self, packets: list[tuple[bytes, float]]) -> list[SpeechStarted | Utterance]:
+    def feed(self, packets: list[tuple[bytes, float]]) -> list[SpeechStarted | Utterance]:
         """Decode, score and cut one session's packets on its own: one model run per 32 ms chunk.
-        The cross-session batcher (``vad_batcher.py``) runs the same three steps, scoring many
+        The cross-session batcher (``voice/workers/vad_batcher.py``) runs the same three steps, scoring many
         sessions' chunks together in between."""
         batch = self.decode(packets)
         scores = [self.vad_stream.probabilities(pcm) for pcm in batch.to_score]
         chunks = sum(len(s) for s in scores)
-        stats.incr("vad_chunks", chunks)
-        stats.incr("vad_model_runs", chunks)
+        live_stats.incr("vad_chunks", chunks)
+        live_stats.incr("vad_model_runs", chunks)
         return self.apply(batch, scores)
 
     def decode(self, packets: list[tuple[bytes, float]]) -> DecodedBatch:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 
-from voice import stats
+from voice import live_stats
 
 
 class PacketQueue:
@@ -25,9 +25,9 @@ class PacketQueue:
         full = len(self._items) == self._items.maxlen
         self._items.append((payload, arrived))
         if full:
-            stats.incr("audio_dropped")
+            live_stats.incr("audio_dropped")
         else:
-            stats.gauge_add("vad_pending_packets", 1)
+            live_stats.gauge_add("vad_pending_packets", 1)
         return not full
 
     def take_all(self) -> list[tuple[bytes, float]]:
@@ -37,7 +37,7 @@ class PacketQueue:
 
     def clear(self) -> None:
         if self._items:
-            stats.gauge_add("vad_pending_packets", -len(self._items))
+            live_stats.gauge_add("vad_pending_packets", -len(self._items))
             self._items.clear()
 
     def __len__(self) -> int:

@@ -93,7 +93,7 @@ async def _synthesize_into_pacer(deps: TurnDeps, text: str, record: TurnRecord |
     # Resampled and Opus-encoded where the voice is synthesised: only finished frames come back.
     # Due when this device's playout runs dry (now, for a first sentence): sentences of several
     # answers playing at once are synthesised earliest deadline first.
-    stream = deps.services["tts"].stream("speech_frames", deps.tts, text, deps.voice, deps.output_rate,
+    stream = deps.services["tts"].stream("tts_frames", deps.tts, text, deps.voice, deps.output_rate,
                                          owner=deps.device_id, deadline=deps.pacer.runs_dry_at())
     async with aclosing(stream):  # closed at once on abort, so the worker is freed
         async for frames in stream:
@@ -173,8 +173,8 @@ async def prefill_next_turn(deps: TurnDeps) -> None:
     service = deps.services["llm"]
     if not deps.history:
         return
-    stats = service.stats()
-    if stats["active"] or stats["queued"]:
+    busy = service.occupancy()
+    if busy["active"] or busy["queued"]:
         return  # other devices are waiting: their turns come first
     try:
         await service.call("prefill", deps.llm, conversation(deps), owner=deps.device_id)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from voice import stats
+from voice import live_stats
 from voice.providers.errors import CircuitOpen
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
@@ -69,7 +69,7 @@ class CircuitBreaker:
                 detail = f"retrying in {wait:.1f} s"
             else:
                 detail = "a probe request is in flight"
-        stats.incr("llm_breaker_rejected")
+        live_stats.incr("llm_breaker_rejected")
         raise CircuitOpen(
             f"{self.name} is failing ({self.failure_threshold} failures in a row): circuit open, {detail}"
         )
@@ -98,7 +98,7 @@ class CircuitBreaker:
                 self.times_opened += 1
                 opened = True
         if opened:
-            stats.incr("llm_breaker_opened")
+            live_stats.incr("llm_breaker_opened")
 
     def snapshot(self) -> dict:
         with self._lock:

@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from voice.protocol import MAX_TEXT_BYTES, BinaryFraming, Pong
-from voice.session import CLOSE_BAD_DATA
+from voice.protocol import MAX_TEXT_BYTES, BinaryFraming, CloseCode, Pong
 
 pytestmark = [pytest.mark.models, pytest.mark.django_db(transaction=True)]
 
@@ -93,7 +92,7 @@ async def test_a_flood_of_undecodable_frames_closes_the_socket(connect_device):
     device = await connect_device(binary_version=3)
     for _ in range(25):
         await device.link.send(b"\x00\x00\xff\xff" + b"abc")  # v3 header claims 65535 bytes
-    assert await device.wait_closed(5) == CLOSE_BAD_DATA
+    assert await device.wait_closed(5) == CloseCode.BAD_DATA
 
 
 @pytest.mark.parametrize("version", [2, 3])

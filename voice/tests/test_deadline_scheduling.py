@@ -87,7 +87,7 @@ async def test_a_call_that_times_out_while_waiting_frees_its_place(tmp_path):
     await asyncio.sleep(0.05)
     with pytest.raises(ServiceTimeout):
         await svc.call("probe.sleep", 0)  # waits behind the busy call, gives up after 0.3 s
-    assert svc.stats()["queued"] == 0
+    assert svc.occupancy()["queued"] == 0
     release.touch()
     assert await busy == "released"
     # Both places are free again: one call runs and one may wait (queue_size 1).

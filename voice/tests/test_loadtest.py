@@ -120,7 +120,7 @@ def test_auto_mode_streams_silence_after_speech_and_stops_at_tts_start():
     """The firmware keeps its microphone open after speech: silence flows until the server speaks."""
     speech = silence_frames(5)
     server = Scripted(paced_with_lead(10), stt=STT, tts_start=TTS_START, first_audio=FIRST_AUDIO,
-                      speech_frames=len(speech) + 3)  # "end of speech" noticed 3 silent frames later
+                      answer_after_frames=len(speech) + 3)  # "end of speech" noticed 3 silent frames later
     with server as url:
         run = Run(Config(target=url, devices=2, turns=2, mode="auto", think_time=0, utterances=[speech],
                          trailing_silence=3.0))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from voice import stats
+from voice import live_stats
 from voice.providers.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from voice.providers.errors import CircuitOpen, LLMError
 from voice.providers.llm.openai_compat import OpenAICompatibleLLM
@@ -82,11 +82,11 @@ def ask(llm, cancel=None):
 
 def test_a_dropped_connection_and_a_5xx_are_retried_until_the_reply_streams(server):
     server.script = ["drop", "503"]
-    before = stats.snapshot()["counters"].get("llm_retries", 0)
+    before = live_stats.snapshot()["counters"].get("llm_retries", 0)
     llm = llm_for(server)
     assert ask(llm) == "Hello there, friend."
     assert len(server.arrivals) == 3
-    assert stats.snapshot()["counters"]["llm_retries"] - before == 2
+    assert live_stats.snapshot()["counters"]["llm_retries"] - before == 2
     assert llm.breaker.state == CLOSED and llm.breaker.snapshot()["consecutive_failures"] == 0
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voice import stats
+from voice import live_stats
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
-from voice.pipeline.vad_batcher import VADBatcher, run_cycle
+from voice.workers.vad_batcher import VADBatcher, run_cycle
 from voice.workers import ServiceBusy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_a_cycle_across_sessions_hears_what_each_session_hears_alone(silero, str
         for i, packets in enumerate(streams_of_packets):
             batch = [(p, t + k * 0.06) for k, p in enumerate(packets[start : start + 3])]
             if batch:
-                expected[i] += alone[i].process(batch)
+                expected[i] += alone[i].feed(batch)
                 jobs.append((i, batch))
         t += 0.18
         results = run_cycle([(together[i], batch) for i, batch in jobs], max_batch)
@@ -140,7 +140,7 @@ def test_one_broken_session_does_not_fail_the_others_in_its_cycle(silero, stream
 
     good, broken = new_listener(silero), BrokenListener(silero, silence_ms=500, threshold=0.5, max_seconds=30.0)
     packets = [(p, 0.0) for p in streams_of_packets[0]]
-    reference = new_listener(silero).process(packets)
+    reference = new_listener(silero).feed(packets)
     results = run_cycle([(broken, packets), (good, packets)], 64)
     assert isinstance(results[0], RuntimeError)
     assert summary(results[1]) == summary(reference)
@@ -149,7 +149,7 @@ def test_one_broken_session_does_not_fail_the_others_in_its_cycle(silero, stream
 # -- the batcher on a real event loop and the real VAD service ---------------------------------------------------
 @pytest.mark.models
 async def test_sessions_waiting_together_share_one_cycle_and_get_their_own_events(silero, streams_of_packets):
-    from voice.pipeline.vad_batcher import _run_on_vad_service
+    from voice.workers.vad_batcher import _run_on_vad_service
 
     cycles = []
 
@@ -161,17 +161,17 @@ async def test_sessions_waiting_together_share_one_cycle_and_get_their_own_event
     listeners = [new_listener(silero) for _ in streams_of_packets]
     references = [new_listener(silero) for _ in streams_of_packets]
     batches = [[(p, 0.0) for p in packets] for packets in streams_of_packets]
-    got = await asyncio.gather(*(batcher.process(l, b) for l, b in zip(listeners, batches)))
+    got = await asyncio.gather(*(batcher.submit(l, b) for l, b in zip(listeners, batches)))
     assert cycles == [len(listeners)]
     for events, reference, batch in zip(got, references, batches):
-        assert summary(events) == summary(reference.process(batch))
+        assert summary(events) == summary(reference.feed(batch))
     assert batcher._task.done()  # idle: the batcher holds no task
     await batcher.close()
 
 
 @pytest.mark.models
 async def test_a_second_batch_of_the_same_session_waits_for_the_next_cycle_in_order(silero, streams_of_packets):
-    from voice.pipeline.vad_batcher import _run_on_vad_service
+    from voice.workers.vad_batcher import _run_on_vad_service
 
     cycles = []
 
@@ -184,16 +184,16 @@ async def test_a_second_batch_of_the_same_session_waits_for_the_next_cycle_in_or
     packets = [(p, 0.0) for p in streams_of_packets[1]]
     half = len(packets) // 2
     first, second, _ = await asyncio.gather(
-        batcher.process(listener, packets[:half]), batcher.process(listener, packets[half:]),
-        batcher.process(other, packets[:half]))
+        batcher.submit(listener, packets[:half]), batcher.submit(listener, packets[half:]),
+        batcher.submit(other, packets[:half]))
     assert cycles == [[id(listener), id(other)], [id(listener)]]
-    assert summary(first + second) == summary(reference.process(packets))
+    assert summary(first + second) == summary(reference.feed(packets))
     await batcher.close()
 
 
 @pytest.mark.models
 async def test_a_cycle_takes_at_most_its_packet_budget_so_a_backlog_cannot_time_it_out(silero, streams_of_packets):
-    from voice.pipeline.vad_batcher import _run_on_vad_service
+    from voice.workers.vad_batcher import _run_on_vad_service
 
     cycles = []
 
@@ -204,10 +204,10 @@ async def test_a_cycle_takes_at_most_its_packet_budget_so_a_backlog_cannot_time_
     batcher = VADBatcher(64, dispatch=dispatch, max_packets_per_cycle=40)
     batches = [[(p, 0.0) for p in packets[:30]] for packets in streams_of_packets]  # 5 sessions x 30 packets
     listeners = [new_listener(silero) for _ in batches]
-    got = await asyncio.gather(*(batcher.process(l, b) for l, b in zip(listeners, batches)))
+    got = await asyncio.gather(*(batcher.submit(l, b) for l, b in zip(listeners, batches)))
     assert cycles == [60, 60, 30]  # a job is never split: a cycle stops once it holds 40 or more
     for events, batch in zip(got, batches):
-        assert summary(events) == summary(new_listener(silero).process(batch))
+        assert summary(events) == summary(new_listener(silero).feed(batch))
     await batcher.close()
 
 
@@ -222,36 +222,36 @@ async def test_a_full_batcher_refuses_at_once_and_close_fails_what_waits(silero)
     batcher = VADBatcher(64, dispatch=slow_dispatch, max_waiting=2)
     listeners = [new_listener(silero) for _ in range(4)]
     packet = [(opus_frames(noise(0.06, 0.01, 3))[0], 0.0)]
-    in_cycle = asyncio.create_task(batcher.process(listeners[0], packet))
+    in_cycle = asyncio.create_task(batcher.submit(listeners[0], packet))
     await asyncio.sleep(0)  # the cycle takes it; the next two wait
     await asyncio.sleep(0)
-    waiting = [asyncio.create_task(batcher.process(l, packet)) for l in listeners[1:3]]
+    waiting = [asyncio.create_task(batcher.submit(l, packet)) for l in listeners[1:3]]
     await asyncio.sleep(0)
     assert batcher.waiting == 2
     with pytest.raises(ServiceBusy, match="full"):
-        await batcher.process(listeners[3], packet)
+        await batcher.submit(listeners[3], packet)
     await batcher.close()
     for task in [in_cycle, *waiting]:
         with pytest.raises(ServiceBusy, match="shut down"):
             await task
     assert batcher.waiting == 0
     with pytest.raises(ServiceBusy):
-        await batcher.process(listeners[3], packet)
+        await batcher.submit(listeners[3], packet)
 
 
 # -- the session's queue ---------------------------------------------------------------------------------------------
 def test_packet_queue_drops_the_oldest_when_full_and_keeps_the_backlog_gauge_true():
-    before = stats.snapshot()
+    before = live_stats.snapshot()
     queue = PacketQueue(3)
     assert [queue.put(bytes([i]), float(i)) for i in range(5)] == [True, True, True, False, False]
-    after = stats.snapshot()
+    after = live_stats.snapshot()
     assert after["gauges"]["vad_pending_packets"] - before["gauges"]["vad_pending_packets"] == 3
     assert after["counters"].get("audio_dropped", 0) - before["counters"].get("audio_dropped", 0) == 2
     assert queue.take_all() == [(bytes([2]), 2.0), (bytes([3]), 3.0), (bytes([4]), 4.0)]
     queue.put(b"x", 5.0)
     queue.clear()
     assert len(queue) == 0
-    assert stats.snapshot()["gauges"]["vad_pending_packets"] == before["gauges"]["vad_pending_packets"]
+    assert live_stats.snapshot()["gauges"]["vad_pending_packets"] == before["gauges"]["vad_pending_packets"]
 
 
 # -- whole conversations in every mode ------------------------------------------------------------------------------
@@ -262,12 +262,12 @@ async def test_devices_talking_at_once_are_each_heard_in_every_batching_mode(con
     settings.XIAOZHI_VAD_BATCHING = mode
     questions = ["What is the capital of France?", "Tell me a joke."]
     devices = [await connect_device() for _ in questions]
-    before = stats.snapshot()["counters"]
+    before = live_stats.snapshot()["counters"]
     results = await asyncio.gather(*(d.turn(say(q), mode="auto") for d, q in zip(devices, questions)))
     assert "france" in results[0].stt.lower()
     assert "joke" in results[1].stt.lower()
     assert all(r.stopped and r.audio for r in results)
-    after = stats.snapshot()["counters"]
+    after = live_stats.snapshot()["counters"]
     assert after.get("vad_packets", 0) > before.get("vad_packets", 0)
     assert after.get("audio_lost", 0) == before.get("audio_lost", 0)
     if mode == "cross_session":
@@ -288,21 +288,21 @@ def test_an_unknown_batching_mode_stops_start_up_naming_the_setting(tmp_path):
 @pytest.mark.models
 @pytest.mark.django_db(transaction=True)
 async def test_a_busy_vad_loses_the_batch_counted_but_the_session_keeps_hearing(connect_device, say):
-    from voice.pipeline import vad_batcher
+    from voice.workers import vad_batcher
 
     loop = asyncio.get_running_loop()
     full = VADBatcher(64, max_waiting=0)  # the real batcher with no room: every batch is refused as busy
     vad_batcher._batchers[loop] = full
     try:
         device = await connect_device()
-        before = stats.snapshot()["counters"].get("audio_lost", 0)
+        before = live_stats.snapshot()["counters"].get("audio_lost", 0)
         await device.listen("start", "auto")
         await device.stream(say("What is the capital of France?")[:10])
         for _ in range(50):
-            if stats.snapshot()["counters"].get("audio_lost", 0) > before:
+            if live_stats.snapshot()["counters"].get("audio_lost", 0) > before:
                 break
             await asyncio.sleep(0.1)
-        assert stats.snapshot()["counters"].get("audio_lost", 0) > before
+        assert live_stats.snapshot()["counters"].get("audio_lost", 0) > before
         assert not [e for e in device.events if e.kind == "closed"]
     finally:
         del vad_batcher._batchers[loop]  # room again: the loop gets a fresh batcher

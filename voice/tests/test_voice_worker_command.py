@@ -78,7 +78,7 @@ async def test_a_tts_worker_started_by_the_command_speaks_through_the_celery_bac
             assert workers["asr"] == [] and workers["llm"] == []
 
             tts = make_service(ServiceLimits("tts", 1, 2, 30.0, pool_size=1), backend="celery")
-            frames = [f async for chunk in tts.stream("speech_frames", "piper", "Hello from the worker.", None, 24000)
+            frames = [f async for chunk in tts.stream("tts_frames", "piper", "Hello from the worker.", None, 24000)
                       for f in chunk]
             assert len(frames) >= 10  # 60 ms each: more than half a second of speech
             decoder = OpusDecoder(24000)

@@ -40,7 +40,7 @@ async def test_calls_beyond_the_queue_are_refused_at_once(tmp_path):
     assert not any(call.done() for call in calls)
     release.touch()
     assert await asyncio.gather(*calls) == ["released"] * 3
-    stats = svc.stats()
+    stats = svc.occupancy()
     assert stats["rejected"] == 1 and stats["completed"] == 3 and stats["active"] == 0 and stats["queued"] == 0
 
 
@@ -56,7 +56,7 @@ async def test_a_device_over_its_share_is_refused_and_counted_while_others_are_s
     assert await asyncio.gather(first, other) == ["released", "released"]
     # once its call is over the device may call again
     assert await svc.call("probe.sleep", 0, owner="device-a") == 0
-    stats = svc.stats()
+    stats = svc.occupancy()
     assert stats["rejected"] == 1 and stats["rejected_per_device"] == 1 and stats["completed"] == 3
 
 
@@ -73,7 +73,7 @@ async def test_a_slow_call_times_out_and_is_counted():
     svc = service(timeout=0.3)
     with pytest.raises(ServiceTimeout):
         await svc.call("probe.sleep", 2.0)
-    assert svc.stats()["timed_out"] == 1
+    assert svc.occupancy()["timed_out"] == 1
 
 
 async def test_a_call_nobody_answers_times_out_and_frees_its_place():
@@ -81,7 +81,7 @@ async def test_a_call_nobody_answers_times_out_and_frees_its_place():
     svc = service(name="nobody" if CELERY else "test", timeout=0.3, queue_size=0)
     with pytest.raises(ServiceTimeout):
         await svc.call("probe.sleep", 2.0)
-    stats = svc.stats()
+    stats = svc.occupancy()
     assert stats["timed_out"] == 1
     if CELERY:  # the caller's place is free again at once (a local thread still runs its call)
         assert stats["active"] == 0 and stats["queued"] == 0
@@ -101,7 +101,7 @@ async def test_a_stream_yields_items_and_stops_its_producer_when_abandoned(tmp_p
     await wait_until(lambda: progress.exists() and progress.read_text().endswith("stopped"))
     assert int(progress.read_text().split()[0]) < 1000, "the producer ran to the end"
     # the slot is free: the next call is admitted (queue_size 0 would refuse it otherwise)
-    await wait_until(lambda: svc.stats()["active"] == 0)
+    await wait_until(lambda: svc.occupancy()["active"] == 0)
     assert await svc.call("probe.sleep", 0) == 0
 
 
@@ -112,7 +112,7 @@ async def test_a_stream_error_reaches_the_consumer():
         async for item in svc.stream("probe.broken"):
             got.append(item)
     assert got == ["first"]
-    assert svc.stats()["failed"] == 1
+    assert svc.occupancy()["failed"] == 1
 
 
 async def test_a_stream_whose_first_item_is_late_times_out():
@@ -120,7 +120,7 @@ async def test_a_stream_whose_first_item_is_late_times_out():
     with pytest.raises(ServiceTimeout):
         async for _ in svc.stream("probe.late", 2.0):
             pass
-    assert svc.stats()["timed_out"] == 1
+    assert svc.occupancy()["timed_out"] == 1
 
 
 async def test_binary_arguments_and_results_cross_the_seam_intact():
@@ -128,7 +128,7 @@ async def test_binary_arguments_and_results_cross_the_seam_intact():
 
     svc = service(max_concurrent=2, queue_size=2, timeout=30)
     frames = []
-    async for batch in svc.stream("speech_frames", "fake", "one two three", None, 16000):
+    async for batch in svc.stream("tts_frames", "fake", "one two three", None, 16000):
         frames += batch
     assert frames and all(isinstance(f, bytes) for f in frames)
     decoder = OpusDecoder(16000, 1)
@@ -155,4 +155,4 @@ async def test_a_reply_that_never_comes_ends_the_turn_with_an_apology(connect_de
     await device.close()
     turn = await Turn.objects.aget()
     assert turn.error.startswith("ServiceTimeout")
-    assert llm.stats()["timed_out"] == 1
+    assert llm.occupancy()["timed_out"] == 1

@@ -85,7 +85,7 @@ class Admission:
         with self._lock:
             self._stats.timed_out += 1
 
-    def stats(self) -> dict:
+    def occupancy(self) -> dict:
         with self._lock:
             return self._stats.as_dict(self.limits.max_concurrent)
 

@@ -89,8 +89,8 @@ class CeleryService:
         # admitted (a shared pool could let a later call overtake an earlier one by a millisecond).
         self._submitter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"voice-submit-{self.name}")
 
-    def stats(self) -> dict:
-        return self.admission.stats()
+    def occupancy(self) -> dict:
+        return self.admission.occupancy()
 
     async def call(self, operation: str, *args, owner: str | None = None, timeout: float | None = None,
                    deadline: float | None = None):

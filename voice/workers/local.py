@@ -49,8 +49,8 @@ class LocalService:
         future.add_done_callback(lambda f: f.cancelled() and ticket.finish(False))
         return future
 
-    def stats(self) -> dict:
-        return self.admission.stats()
+    def occupancy(self) -> dict:
+        return self.admission.occupancy()
 
     # -- calls -----------------------------------------------------------------------------------------
     async def call(self, operation: str, *args, owner: str | None = None, timeout: float | None = None,

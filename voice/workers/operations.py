@@ -69,8 +69,8 @@ def reply_stream(llm_name: str, messages: list[dict], *, cancel: threading.Event
     yield from registry.get_llm(llm_name).stream(messages, cancel)
 
 
-@operation("speech_frames", streams=True)
-def speech_frames(tts_name: str, text: str, voice: str | None, output_rate: int, *, cancel: threading.Event) -> Iterator[list[bytes]]:
+@operation("tts_frames", streams=True)
+def tts_frames(tts_name: str, text: str, voice: str | None, output_rate: int, *, cancel: threading.Event) -> Iterator[list[bytes]]:
     """Lists of 60 ms Opus frames at ``output_rate``: resampled and encoded where the voice is
     synthesised, so the event loop (or the network) only carries finished frames."""
     tts = registry.get_tts(tts_name)

@@ -122,11 +122,11 @@ class Command(BaseCommand):
 
     def utterances(self, options) -> list[list[bytes]]:
         from voice.management.commands.talk import wav_frames
-        from voice.simulated_device import speech_frames
+        from voice.simulated_device import spoken_frames
 
         texts = options["text"] or ([] if options["wav"] else DEFAULT_TEXTS)
         started = time.monotonic()
-        frames = [speech_frames(t) for t in texts] + [wav_frames(w) for w in options["wav"]]
+        frames = [spoken_frames(t) for t in texts] + [wav_frames(w) for w in options["wav"]]
         self.stdout.write(f"{len(frames)} utterances encoded in {time.monotonic() - started:.1f} s "
                           f"({', '.join(f'{len(f) * 0.06:.1f}' for f in frames)} s of speech)")
         return frames

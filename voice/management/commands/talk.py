@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from voice.audio.opus import OpusDecoder, OpusEncoder
 from voice.audio.resample import resample
-from voice.simulated_device import UPLINK_RATE, SimulatedDevice, speech_frames
+from voice.simulated_device import UPLINK_RATE, SimulatedDevice, spoken_frames
 
 
 def wav_frames(path: str) -> list[bytes]:
@@ -75,7 +75,7 @@ class Command(BaseCommand):
         all_ok = True
         try:
             for kind, value in utterances:
-                frames = speech_frames(value) if kind == "text" else wav_frames(value)
+                frames = spoken_frames(value) if kind == "text" else wav_frames(value)
                 self.stdout.write(f"you: {value} ({len(frames) * 0.06:.1f} s of audio)")
                 result = await device.turn(frames, mode=options["mode"], timeout=options["timeout"])
                 audio_seconds = len(result.audio) * 0.06

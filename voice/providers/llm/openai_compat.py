@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import httpx
 
-from voice import stats
+from voice import live_stats
 from voice.providers.base import ProviderUnavailable
 from voice.providers.breaker import CircuitBreaker
 from voice.providers.errors import CircuitOpen, LLMError
@@ -162,7 +162,7 @@ class OpenAICompatibleLLM:
                     f"{last_error}; not retried: a retry in {delay:.1f} s would pass the "
                     f"{self.retry_budget:g} s retry budget"
                 )
-            stats.incr("llm_retries")
+            live_stats.incr("llm_retries")
             if cancel.wait(delay):
                 return None
         raise AssertionError("unreachable")  # the loop either returns or raises

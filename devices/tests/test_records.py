@@ -4,7 +4,7 @@ import pytest
 
 from devices.auth import DeviceIdentity
 from devices.models import AgentConfig, Device, DeviceSession, Turn
-from devices.services import close_connection, record_turn, register_connection, touch_device
+from devices.records import close_connection, record_turn, register_connection, touch_device
 
 MAC = "aa:bb:cc:dd:ee:ff"
 

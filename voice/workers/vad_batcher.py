@@ -21,7 +21,7 @@ import collections
 import weakref
 from dataclasses import dataclass
 
-from voice import stats
+from voice import live_stats
 from voice.pipeline.listener import DecodedBatch, Listener, SpeechStarted, Utterance
 from voice.workers import ServiceBusy
 
@@ -44,13 +44,13 @@ async def hear(listener: Listener, packets: list[tuple[bytes, float]], owner: st
 
     mode = settings.XIAOZHI_VAD_BATCHING
     if mode == "cross_session":
-        return await batcher().process(listener, packets)
+        return await batcher().submit(listener, packets)
     service = _vad_service()
     if mode == "session":
-        return await service.run(listener.process, packets, owner=owner)
+        return await service.run(listener.feed, packets, owner=owner)
     events: Events = []
     for packet in packets:
-        events += await service.run(listener.process, [packet], owner=owner)
+        events += await service.run(listener.feed, [packet], owner=owner)
     return events
 
 
@@ -110,10 +110,10 @@ def run_cycle(jobs: list[tuple[Listener, list[tuple[bytes, float]]]], max_batch:
             out.append(jobs[i][0].apply(batch, result))
         except Exception as exc:  # noqa: BLE001
             out.append(exc)
-    stats.incr("vad_chunks", chunks)
-    stats.incr("vad_model_runs", runs)
-    stats.incr("vad_batch_cycles")
-    stats.incr("vad_batch_sessions", len(jobs))
+    live_stats.incr("vad_chunks", chunks)
+    live_stats.incr("vad_model_runs", runs)
+    live_stats.incr("vad_batch_cycles")
+    live_stats.incr("vad_batch_sessions", len(jobs))
     return out
 
 
@@ -148,11 +148,11 @@ class VADBatcher:
     def waiting(self) -> int:
         return len(self._jobs)
 
-    async def process(self, listener: Listener, packets: list[tuple[bytes, float]]) -> Events:
+    async def submit(self, listener: Listener, packets: list[tuple[bytes, float]]) -> Events:
         if self.closed:
             raise ServiceBusy("the VAD batcher is shut down")
         if len(self._jobs) >= self.max_waiting:
-            stats.incr("vad_batcher_rejected")
+            live_stats.incr("vad_batcher_rejected")
             raise ServiceBusy(f"vad batcher is full ({len(self._jobs)} session batches waiting)")
         loop = asyncio.get_running_loop()
         job = _Job(listener, packets, loop.create_future())
