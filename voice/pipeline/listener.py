@@ -37,6 +37,7 @@ class DecodedBatch:
     items: list  # (float32 PCM, or None for a DTX packet, arrival time) per packet
     to_score: list[np.ndarray]  # the PCM the VAD must score, packet by packet, in order
     mode: str
+    generation: int = 0  # the listener's reset generation the packets were decoded in
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class Listener:
         self.max_samples = int(max_seconds * SAMPLE_RATE)
         self.mode = mode
         self.preroll: collections.deque[np.ndarray] = collections.deque(maxlen=PREROLL_PACKETS)
+        # Resets are asked for on the event loop and carried out on the VAD side (see ``reset``).
+        self.generation = 0
+        self._applied_generation = 0
         self._reset_utterance()
 
     def _reset_utterance(self) -> None:
@@ -72,12 +76,28 @@ class Listener:
         self.last_voice_at = 0.0
 
     def reset(self, mode: str | None = None) -> None:
-        """Forget any partial utterance (new listen start, barge-in)."""
+        """Forget any partial utterance (new listen start, barge-in).
+
+        The session calls this on the event loop while the VAD thread may be in the middle of a
+        batch for this listener, so it only asks: the VAD side's next step carries the reset out
+        (``_apply_reset``), and a step that was already under way is discarded (its packets predate
+        the reset). The loop never touches the buffers or the VAD stream the thread is using."""
         if mode:
             self.mode = mode
-        self._reset_utterance()
-        self.preroll.clear()
-        self.vad_stream.reset()
+        self.generation += 1
+
+    def _apply_reset(self) -> None:
+        wanted = self.generation
+        if wanted != self._applied_generation:
+            self._reset_utterance()
+            self.preroll.clear()
+            self.vad_stream.reset()
+            self._applied_generation = wanted
+
+    @property
+    def stale(self) -> bool:
+        """A reset was asked for since the last step began."""
+        return self.generation != self._applied_generation
 
     # -- the hot path ------------------------------------------------------------------------------------
     def feed(self, packets: list[tuple[bytes, float]]) -> list[SpeechStarted | Utterance]:
@@ -94,6 +114,7 @@ class Listener:
     def decode(self, packets: list[tuple[bytes, float]]) -> DecodedBatch:
         """Step 1: Opus-decode the packets (DTX ones skip it) and list the PCM the VAD must score:
         every decoded packet, unless manual mode (which cuts on ``listen stop``, not on voice)."""
+        self._apply_reset()
         items: list[tuple[np.ndarray | None, float]] = []
         for packet, arrived in packets:
             if len(packet) <= DTX_MAX_BYTES:
@@ -101,13 +122,15 @@ class Listener:
             else:
                 items.append((self.decoder.decode(packet).astype(np.float32) / 32768.0, arrived))
         to_score = [] if self.mode == "manual" else [pcm for pcm, _ in items if pcm is not None]
-        return DecodedBatch(items, to_score, self.mode)
+        return DecodedBatch(items, to_score, self.mode, self._applied_generation)
 
     def apply(self, batch: DecodedBatch, probs: list[list[float]]) -> list[SpeechStarted | Utterance]:
         """Step 3: run the utterance state machine over the packets, ``probs[i]`` being the VAD
         scores of ``batch.to_score[i]``."""
         if len(probs) != len(batch.to_score):
             raise ValueError(f"expected VAD scores for {len(batch.to_score)} packets, got {len(probs)}")
+        if batch.generation != self.generation:
+            return []  # reset while these packets were being scored: they belong to the old utterance
         scores = iter(probs)
         events: list[SpeechStarted | Utterance] = []
         for pcm, arrived in batch.items:
@@ -120,6 +143,8 @@ class Listener:
                     events.append(self._cut("max_length"))
             else:
                 self._scored_packet(pcm, arrived, next(scores), events)
+        if batch.generation != self.generation:
+            return []  # reset while this ran: the next step starts afresh
         return events
 
     def _scored_packet(self, pcm: np.ndarray, arrived: float, probs: list[float], events: list) -> None:
@@ -183,7 +208,9 @@ class Listener:
 
     def finish(self) -> Utterance | None:
         """``listen stop``: hand over what was heard. In manual mode that is everything since
-        ``listen start`` (if long enough to be speech); in auto mode only speech already begun."""
+        ``listen start`` (if long enough to be speech); in auto mode only speech already begun.
+        Called on the loop once the session's queued packets have been heard."""
+        self._apply_reset()
         if self.mode == "manual":
             if self.buffered_samples < MIN_MANUAL_SECONDS * SAMPLE_RATE:
                 self._reset_utterance()

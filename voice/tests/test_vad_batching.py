@@ -310,3 +310,33 @@ async def test_a_busy_vad_loses_the_batch_counted_but_the_session_keeps_hearing(
     result = await device.turn(say("What is the capital of France?"), mode="auto")
     assert "france" in result.stt.lower() and result.stopped
     await device.close()
+
+
+# -- one side owns the listener: resets asked on the loop, carried out on the VAD side ------------------------------
+@pytest.mark.models
+def test_a_reset_during_a_cycle_discards_that_cycles_events_and_the_next_step_starts_afresh(silero, say):
+    speech = say("What is the capital of France?")
+    listener = new_listener(silero)
+    packets = [(p, i * 0.06) for i, p in enumerate(speech)]
+    decoded = listener.decode(packets)  # the VAD thread is between decoding and cutting...
+    scores = [listener.vad_stream.probabilities(pcm) for pcm in decoded.to_score]
+    listener.reset()  # ...when the session resets the listener on the loop
+    assert listener.apply(decoded, scores) == []  # the old utterance's events are dropped
+    assert np.abs(listener.vad_stream.state).sum() > 0  # the loop left the thread's VAD stream alone
+    fresh = new_listener(silero)
+    quiet = [(DTX, 10 + i * 0.06) for i in range(3)]
+    assert listener.feed(quiet) == fresh.feed(quiet) == []  # the next step carried the reset out
+    assert not listener.in_speech and listener.buffered_samples == fresh.buffered_samples
+    assert summary(listener.feed(packets)) == summary(new_listener(silero).feed(packets))
+
+
+@pytest.mark.models
+def test_a_session_whose_vad_state_is_broken_fails_only_its_own_part_of_a_cycle(silero, streams_of_packets):
+    listeners = [new_listener(silero) for _ in range(3)]
+    reference = [new_listener(silero) for _ in range(3)]
+    listeners[1].vad_stream.pending = "not audio"  # a corrupt stream in the middle of the batch
+    jobs = [(listener, [(p, i * 0.06) for i, p in enumerate(streams_of_packets[3])]) for listener in listeners]
+    results = run_cycle(jobs, max_batch=64)
+    assert isinstance(results[1], Exception)
+    for i in (0, 2):
+        assert summary(results[i]) == summary(reference[i].feed(jobs[i][1]))

@@ -93,11 +93,19 @@ def run_cycle(jobs: list[tuple[Listener, list[tuple[bytes, float]]]], max_batch:
             else:  # a VAD without batching: each stream on its own
                 results = [[stream.probabilities(pcm) for pcm in packet_pcms] for stream, packet_pcms in zip(streams, pcms)]
                 runs += sum(len(p) for per_packet in results for p in per_packet)
-        except Exception as exc:  # noqa: BLE001
-            for i in members:
-                scores[i] = exc
-            continue
+        except Exception:  # noqa: BLE001 - find whose state broke the shared run: score each alone
+            results = []
+            for stream, packet_pcms in zip(streams, pcms):
+                try:
+                    results.append([stream.probabilities(pcm) for pcm in packet_pcms])
+                    runs += sum(len(p) for p in results[-1])
+                except Exception as exc:  # noqa: BLE001 - that session's part fails, not the batch
+                    results.append(exc)
+            live_stats.incr("vad_batch_fallbacks")
         for i, per_packet in zip(members, results):
+            if isinstance(per_packet, Exception):
+                scores[i] = per_packet
+                continue
             scores[i] = per_packet
             chunks += sum(len(p) for p in per_packet)
     out: list[Events | Exception] = []
