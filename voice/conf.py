@@ -43,7 +43,8 @@ SERVICE_KEYS = {
     "queue_size": Key(int, 0),
     "enable_queue": Key(bool, required=False),
     "timeout": Key(float, 0.01),
-    "first_token_timeout": Key(float, 0.01, required=False),
+    "first_token_timeout": Key(float, 0.01, required=False),  # from the call's start (not its queue wait)
+    "stall_timeout": Key(float, 0.01, required=False),  # longest gap between two items of a stream
     "pool_size": Key(int, 1),
     "per_device": Key(int, 1, required=False),  # calls one device may have in the service; absent = no limit
 }
@@ -217,7 +218,8 @@ class ServiceLimits:
     queue_size: int
     timeout: float
     pool_size: int
-    first_token_timeout: float | None = None
+    first_token_timeout: float | None = None  # a stream's first item, counted from the call's start
+    stall_timeout: float | None = None  # a stream's longest silence between two items
     enable_queue: bool = True
     per_device: int | None = None  # calls one device may have in the service at once; None = no limit
 
@@ -286,6 +288,7 @@ def _services(flat: Mapping[str, object], sources: Mapping[str, str]) -> dict[st
         services[name] = ServiceLimits(name=name, max_concurrent=raw["max_concurrent"],
                                        queue_size=raw["queue_size"] if enabled else 0, timeout=raw["timeout"],
                                        pool_size=raw["pool_size"], first_token_timeout=first, enable_queue=enabled,
+                                       stall_timeout=raw.get("stall_timeout"),
                                        per_device=raw.get("per_device"))
     return services
 

@@ -64,6 +64,13 @@ def late(seconds: float, *, cancel: threading.Event):
     yield "late"
 
 
+@operation("probe.gap", streams=True)
+def gap(count: int, then_wait: float, *, cancel: threading.Event):
+    """Yields 0..count-1 at once, then falls silent for ``then_wait`` s (a model that stalls mid-reply)."""
+    yield from range(count)
+    cancel.wait(then_wait)
+
+
 class SilentLLM:
     """An LLM that never answers (until cancelled, or 10 s): a hung model or a lost worker."""
 

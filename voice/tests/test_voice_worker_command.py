@@ -88,3 +88,42 @@ async def test_a_tts_worker_started_by_the_command_speaks_through_the_celery_bac
             worker.terminate()
             worker.wait(30)
     assert worker.returncode == 0, log_path.read_text()[-3000:]
+
+
+@pytest.mark.models
+def test_a_killed_worker_is_withdrawn_at_once_and_started_again_while_the_others_carry_on(settings, tmp_path):
+    """A killed LLM worker used to take the ASR and TTS workers down with it, nothing started them
+    again, and /health called the dead one live for the heartbeat's 30 s."""
+    import signal
+
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL (CI always sets it)")
+    prefix = f"sup-{uuid.uuid4().hex[:8]}"
+    settings.XIAOZHI_WORKER_QUEUE_PREFIX = prefix
+    env = dict(os.environ, XIAOZHI_WORKER_QUEUE_PREFIX=prefix, XIAOZHI_MONITORING_SCHEDULER="off")
+
+    def live(service):
+        return [w["pid"] for w in heartbeat.live_workers()[service]]
+
+    def wait_for(condition, limit):
+        deadline = time.monotonic() + limit
+        while not condition():
+            assert supervisor.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+
+    log_path = tmp_path / "workers.log"
+    with open(log_path, "w+") as log:
+        supervisor = subprocess.Popen([sys.executable, "manage.py", "voice_worker", "tts", "asr", "--quiet-cluster"],
+                                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: live("tts") and live("asr"), 180)
+            [killed], [asr] = live("tts"), live("asr")
+            os.kill(killed, signal.SIGKILL)
+            wait_for(lambda: killed not in live("tts"), 5)  # withdrawn by the supervisor, not by the TTL
+            wait_for(lambda: live("tts"), 120)  # and started again
+            assert live("tts") != [killed]
+            assert live("asr") == [asr]  # the other service never stopped
+        finally:
+            supervisor.terminate()
+            supervisor.wait(60)
+    assert heartbeat.live_workers()["tts"] == [] and heartbeat.live_workers()["asr"] == []

@@ -14,9 +14,11 @@ from voice.workers import ServiceBusy, ServiceTimeout, make_service, services
 CELERY = settings.XIAOZHI_WORKER_BACKEND == "celery"
 
 
-def service(max_concurrent=1, queue_size=2, timeout=5.0, first_token_timeout=None, per_device=None, name="test"):
+def service(max_concurrent=1, queue_size=2, timeout=5.0, first_token_timeout=None, per_device=None, name="test",
+            stall_timeout=None):
     return make_service(ServiceLimits(name, max_concurrent, queue_size, timeout, pool_size=1,
-                                      first_token_timeout=first_token_timeout, per_device=per_device))
+                                      first_token_timeout=first_token_timeout, per_device=per_device,
+                                      stall_timeout=stall_timeout))
 
 
 async def wait_until(condition, limit=10.0):
@@ -121,6 +123,26 @@ async def test_a_stream_whose_first_item_is_late_times_out():
         async for _ in svc.stream("probe.late", 2.0):
             pass
     assert svc.occupancy()["timed_out"] == 1
+
+
+async def test_a_stream_that_stalls_after_its_first_items_times_out_long_before_the_whole_call_limit():
+    svc = service(timeout=20.0, stall_timeout=0.3)
+    got = []
+    with pytest.raises(ServiceTimeout, match="stalled after 2 items"):  # not the 20 s whole-call limit
+        async for item in svc.stream("probe.gap", 2, 5.0):
+            got.append(item)
+    assert got == [0, 1]
+    assert svc.occupancy()["timed_out"] == 1
+
+
+async def test_time_spent_waiting_in_the_queue_does_not_count_against_the_first_item():
+    svc = service(max_concurrent=1, queue_size=2, timeout=10.0, first_token_timeout=0.5)
+    ahead = asyncio.create_task(svc.call("probe.sleep", 1.0))  # holds the only slot for 1 s
+    await asyncio.sleep(0.05)
+    got = [item async for item in svc.stream("probe.gap", 1, 0.0)]  # waits 1 s in the queue, then is quick
+    assert got == [0]
+    assert await ahead == 1.0
+    assert svc.occupancy()["timed_out"] == 0
 
 
 async def test_binary_arguments_and_results_cross_the_seam_intact():

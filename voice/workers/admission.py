@@ -144,3 +144,39 @@ class Ticket:
             else:
                 s.failed += 1
             self.admission._in_service -= 1
+
+
+class StreamClock:
+    """How long a stream's caller waits for its next item, the same on every backend.
+
+    The whole call (queue wait included) has ``timeout``. Once a worker has started the call, the
+    first item must come within ``first_token_timeout`` and each later one within
+    ``stall_timeout`` of the one before, so a model that stalls ends the turn in seconds (the
+    device hears the apology) instead of at the whole-call limit, while a call that merely waited
+    its turn in a busy queue is not cut short."""
+
+    def __init__(self, limits: ServiceLimits, now: float, first_item_timeout: float | None = None):
+        self.gives_up_at = now + limits.timeout
+        self.first_timeout = first_item_timeout or limits.first_token_timeout
+        self.stall_timeout = limits.stall_timeout
+        self.items = 0
+        self._next_by: float | None = None  # set once started
+        self._started = False
+
+    def started(self, now: float) -> None:
+        self._started = True
+        if self.items == 0 and self.first_timeout:
+            self._next_by = now + self.first_timeout
+
+    def item(self, now: float) -> None:
+        self.items += 1
+        self._next_by = now + self.stall_timeout if self.stall_timeout else None
+
+    def limit(self) -> float:
+        return self.gives_up_at if self._next_by is None else min(self.gives_up_at, self._next_by)
+
+    def what(self) -> str:
+        if self._next_by is None or self._next_by >= self.gives_up_at:
+            return "call" if self.items == 0 else "stream"
+        return "first result" if self.items == 0 else f"stream (stalled after {self.items} items)"
+

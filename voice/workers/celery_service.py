@@ -21,6 +21,7 @@ A call's way:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -34,7 +35,7 @@ from django.conf import settings
 
 from voice.conf import ServiceLimits
 from voice.workers import operations
-from voice.workers.admission import Admission, ServiceTimeout, Ticket
+from voice.workers.admission import Admission, ServiceTimeout, StreamClock, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class CeleryService:
         if operations.get(operation).streams:
             raise TypeError(f"{operation} is a stream: use stream()")
         limit = timeout or self.limits.timeout
-        exchange = self._exchange(operation, args, owner, limit, limit)
+        exchange = self._exchange(operation, args, owner, limit, None)
         try:
             async for value in exchange:
                 return value
@@ -109,21 +110,24 @@ class CeleryService:
                      deadline: float | None = None) -> AsyncIterator:
         if not operations.get(operation).streams:
             raise TypeError(f"{operation} is not a stream: use call()")
-        first = first_item_timeout or self.limits.first_token_timeout or self.limits.timeout
-        exchange = self._exchange(operation, args, owner, self.limits.timeout, first)
+        exchange = self._exchange(operation, args, owner, self.limits.timeout, first_item_timeout, streams=True)
         try:
             async for item in exchange:
                 yield item
         finally:
             await exchange.aclose()
 
-    async def _exchange(self, operation: str, args: tuple, owner: str | None, timeout: float, first_timeout: float):
-        """Submit one call and yield what comes back: the items of a stream, or a call's result."""
+    async def _exchange(self, operation: str, args: tuple, owner: str | None, timeout: float,
+                        first_item_timeout: float | None, streams: bool = False):
+        """Submit one call and yield what comes back: the items of a stream, or a call's result.
+        A stream's waits follow ``StreamClock`` (first item and gaps counted from the worker's start)."""
         ticket = self.admission.admit(owner)
         loop = asyncio.get_running_loop()
         call_id = uuid.uuid4().hex
         deadline = loop.time() + timeout
-        first_deadline = min(deadline, loop.time() + first_timeout)
+        limits = self.limits if streams else dataclasses.replace(self.limits, timeout=timeout, first_token_timeout=None,
+                                                                 stall_timeout=None)
+        clock = StreamClock(limits, loop.time(), first_item_timeout)
         layer = get_channel_layer()
         reply = None
         ended = ok = False  # ended: the worker sent its last message (or was never asked)
@@ -133,21 +137,23 @@ class CeleryService:
             expected = 0
             while True:
                 try:
-                    async with asyncio.timeout_at(first_deadline if expected == 0 else deadline):
+                    async with asyncio.timeout_at(clock.limit()):
                         message = await layer.receive(reply)
                 except TimeoutError:
                     self.admission.count_timeout()
-                    what = "call" if expected == 0 and first_deadline == deadline else "first result" if expected == 0 else "stream"
-                    raise ServiceTimeout(f"{self.name} {what} took too long (no answer from a worker on {self.queue})") from None
+                    raise ServiceTimeout(f"{self.name} {clock.what()} took too long "
+                                         f"(no answer from a worker on {self.queue})") from None
                 kind = message.get("kind")
                 if kind == "started":
                     ticket.start(waited=max(message["at"] - message["enqueued"], 0.0))
+                    clock.started(loop.time())
                     continue
                 if kind in ("item", "done") and message.get("seq") != expected:
                     ended = kind == "done"
                     raise RemoteOperationError(f"{self.name}: message {message.get('seq')} arrived, {expected} expected")
                 if kind == "item":
                     expected += 1
+                    clock.item(loop.time())
                     yield message["value"]
                 elif kind == "done":
                     ended = ok = True

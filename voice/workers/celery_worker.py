@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_shutdown
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -198,3 +198,12 @@ def _on_worker_init(sender=None, **kwargs):
 @worker_process_init.connect
 def _on_worker_process_init(**kwargs):
     _preload(_consumed_kinds)
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**kwargs):
+    if _consumed_kinds:
+        from voice.workers import heartbeat
+
+        heartbeat.withdraw()  # gone now, not "live" for the heartbeat's TTL
+

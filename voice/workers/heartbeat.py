@@ -36,6 +36,14 @@ def announce(services: list[str], models: dict[str, list[str]], *, pid: int | No
     return record
 
 
+def withdraw(pid: int | None = None) -> None:
+    """Remove a worker's record now (it ended, or its supervisor saw it die): best effort."""
+    try:
+        redis_client().delete(f"{_key_prefix()}{socket.gethostname()}:{pid or os.getpid()}")
+    except Exception as exc:  # noqa: BLE001 - Redis away: the record expires by itself
+        log.warning("could not withdraw the worker heartbeat: %s", exc)
+
+
 def start(services: list[str]) -> None:
     """Announce now and keep announcing from a daemon thread (once per process)."""
     global _started

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 
 from voice.conf import SERVICES, ServiceLimits, service_limits
 from voice.workers import operations
-from voice.workers.admission import Admission, ServiceBusy, ServiceTimeout, Ticket
+from voice.workers.admission import Admission, ServiceBusy, ServiceTimeout, StreamClock, Ticket
 from voice.workers.deadline_executor import DeadlineExecutor
 
 __all__ = ["LocalService", "ServiceBusy", "ServiceTimeout", "services", "run_blocking"]
@@ -98,9 +98,10 @@ class LocalService:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
         room = threading.Semaphore(max_buffered)
-        done = object()
+        done, started = object(), object()
 
         def produce():
+            loop.call_soon_threadsafe(items.put_nowait, (started, None))
             try:
                 for item in op.fn(*args, cancel=cancel):
                     while not room.acquire(timeout=0.1):
@@ -116,25 +117,24 @@ class LocalService:
 
         producer = asyncio.wrap_future(self._submit(ticket, produce, (), deadline))
         producer.add_done_callback(_retrieve)  # errors reach the consumer via the queue
-        # (``deadline`` above orders the queue; these bound how long this caller waits)
-        gives_up_at = loop.time() + self.limits.timeout
-        first_by = loop.time() + (first_item_timeout or self.limits.first_token_timeout or self.limits.timeout)
-        first = True
+        # (``deadline`` above orders the queue; the clock below bounds how long this caller waits)
+        clock = StreamClock(self.limits, loop.time(), first_item_timeout)
         try:
             while True:
-                limit = min(gives_up_at, first_by) if first else gives_up_at
                 try:
-                    async with asyncio.timeout_at(limit):
+                    async with asyncio.timeout_at(clock.limit()):
                         item, exc = await items.get()
                 except TimeoutError:
                     self.admission.count_timeout()
-                    what = "first result" if first else "stream"
-                    raise ServiceTimeout(f"{self.name} {what} took too long") from None
+                    raise ServiceTimeout(f"{self.name} {clock.what()} took too long") from None
+                if item is started:
+                    clock.started(loop.time())
+                    continue
                 if item is done:
                     if exc is not None:
                         raise exc
                     return
-                first = False
+                clock.item(loop.time())
                 room.release()
                 yield item
         finally:

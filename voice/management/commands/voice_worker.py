@@ -13,12 +13,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from voice.workers.celery_service import REMOTE_SERVICES, queue_name
+
+RESTART_BACKOFF = (1.0, 30.0)  # seconds before a dead worker is started again: first, and at most
+HEALTHY_SECONDS = 60.0  # a worker that ran this long before dying is restarted after the first backoff
 
 
 def worker_argv(service: str, *, concurrency: int | None = None, include: list[str] | None = None,
@@ -63,31 +67,56 @@ class Command(BaseCommand):
         self._supervise(services, include, loglevel, quiet_cluster)
 
     def _supervise(self, services, include, loglevel, quiet_cluster) -> None:
-        """Several services: a child process each; stop them all when one ends or on a signal."""
+        """Several services: a child process each. A child that dies (killed, out of memory) is
+        started again after a short backoff while the others carry on, and its heartbeat is
+        withdrawn at once, so ``/health`` says the service is down instead of "live" for the
+        heartbeat's TTL. On SIGTERM/SIGINT every child is stopped."""
+        from voice.workers import heartbeat
+
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         extra = [f"--include={m}" for m in include] + [f"--loglevel={loglevel}"] + (["--quiet-cluster"] if quiet_cluster else [])
-        children = [subprocess.Popen([sys.executable, manage, "voice_worker", service, *extra]) for service in services]
+
+        def spawn(service):
+            return subprocess.Popen([sys.executable, manage, "voice_worker", service, *extra])
+
+        children = {service: spawn(service) for service in services}
+        born = {service: time.monotonic() for service in services}
+        backoff = {service: RESTART_BACKOFF[0] for service in services}
+        restart_at: dict[str, float] = {}
+        stopping = False
 
         def stop(*_):
-            for child in children:
+            nonlocal stopping
+            stopping = True
+            for child in children.values():
                 if child.poll() is None:
                     child.terminate()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         try:
-            while all(child.poll() is None for child in children):
-                try:
-                    children[0].wait(1)
-                except subprocess.TimeoutExpired:
-                    pass
+            while not stopping:
+                time.sleep(0.5)
+                now = time.monotonic()
+                for service, child in list(children.items()):
+                    if stopping:
+                        break
+                    if child.poll() is not None and service not in restart_at:
+                        heartbeat.withdraw(child.pid)
+                        if now - born[service] > HEALTHY_SECONDS:
+                            backoff[service] = RESTART_BACKOFF[0]  # it had been fine: no long wait
+                        restart_at[service] = now + backoff[service]
+                        self.stderr.write(f"voice worker {service} (pid {child.pid}) ended with {child.returncode}; "
+                                          f"starting it again in {backoff[service]:.0f} s")
+                        backoff[service] = min(backoff[service] * 2, RESTART_BACKOFF[1])
+                    elif service in restart_at and now >= restart_at[service]:
+                        del restart_at[service]
+                        children[service], born[service] = spawn(service), now
         finally:
             stop()
-            for child in children:
+            for child in children.values():
                 try:
                     child.wait(30)
                 except subprocess.TimeoutExpired:
                     child.kill()
-        failed = [s for s, c in zip(services, children) if c.returncode not in (0, -signal.SIGTERM)]
-        if failed:
-            raise CommandError(f"voice worker(s) ended with an error: {', '.join(failed)}")
+                heartbeat.withdraw(child.pid)
