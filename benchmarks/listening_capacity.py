@@ -9,7 +9,7 @@ hears no one speaking to it, so no utterance ends and no turn starts. That isola
 anyway, so a stray turn would cost nothing, and the run reports any turn it saw.
 
 For each batching mode (``XIAOZHI_VAD_BATCHING``) and each device count, a fresh Daphne is started
-(``voice.loadtest.server``), and the devices are driven from a *separate process* (this script with
+(``loadtest.server``), and the devices are driven from a *separate process* (this script with
 ``generate``), so the load generator's CPU is its own and measured. While they stream, the server's
 ``/api/performance/`` is polled every second for the packets its VAD has heard, its packet backlog,
 dropped packets and the VAD lag, and the CPU of both processes is sampled.
@@ -185,7 +185,7 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
     import httpx
     import psutil
 
-    from voice.loadtest.server import local_server
+    from loadtest.server import local_server
 
     env = {"XIAOZHI_VAD_BATCHING": mode, "XIAOZHI_VAD_MAX_BATCH": str(args.max_batch),
            "XIAOZHI_IDLE_TIMEOUT_SECONDS": "3600", "XIAOZHI_MONITORING_SCHEDULER": "off", "LOG_LEVEL": "WARNING",

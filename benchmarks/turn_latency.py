@@ -64,7 +64,7 @@ def prepare(prefix: str) -> tuple[dict, dict]:
     import django
 
     django.setup()
-    from voice.simulated_device import spoken_frames
+    from loadtest.simulated_device import spoken_frames
 
     return env, {q: spoken_frames(q) for q in QUESTIONS}
 
@@ -89,7 +89,7 @@ def start_server(env: dict) -> tuple[subprocess.Popen, str]:
 
 
 async def run_turns(base: str, turns: int, mode: str, say) -> tuple[list, str]:
-    from voice.simulated_device import SimulatedDevice
+    from loadtest.simulated_device import SimulatedDevice
 
     device = SimulatedDevice()
     await device.ota(f"{base}/xiaozhi/ota/")

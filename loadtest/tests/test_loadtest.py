@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
-from voice.loadtest.chart import ttfa_svg
-from voice.loadtest.generator import Config, Run, ota_or_ws
-from voice.loadtest.playout import simulate
-from voice.loadtest.report import Targets, build, percentile, table
-from voice.loadtest.scripted import ScriptedServer as Scripted, paced, paced_with_lead
-from voice.simulated_device import SimulatedDevice, silence_frames
+from loadtest.chart import ttfa_svg
+from loadtest.generator import Config, Run, ota_or_ws
+from loadtest.playout import simulate
+from loadtest.report import Targets, build, percentile, table
+from loadtest.tests.scripted import ScriptedServer as Scripted, paced, paced_with_lead
+from loadtest.simulated_device import SimulatedDevice, silence_frames
 
 STT, TTS_START, FIRST_AUDIO = 0.20, 0.10, 0.10  # seconds, the scripted server's delays
 EXPECTED_TTFA_MS = (STT + TTS_START + FIRST_AUDIO) * 1000
@@ -150,7 +150,7 @@ def wav_file(tmp_path):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_command_stores_the_run_and_writes_the_report(tmp_path, wav_file):
-    from voice.models import LoadTestRun
+    from loadtest.models import LoadTestRun
 
     out = tmp_path / "report.json"
     with ScriptedServer(paced_with_lead(20)) as url:
@@ -174,14 +174,14 @@ def test_the_command_stores_the_run_and_writes_the_report(tmp_path, wav_file):
 
 @pytest.mark.django_db
 def test_the_admin_change_page_shows_the_svg_chart(admin_client):
-    from voice.models import LoadTestRun
+    from loadtest.models import LoadTestRun
 
     turns = [{"device": 0, "turn": 0, "at_s": 0.5, "ttfa_ms": 420.0, "error": None}]
     report = build([{"connected": True, "connect_ms": 5, "hello_ms": 1}], turns, [1.0], {"target": "x"}, Targets(), 2.0)
     run = LoadTestRun.from_report("ws://x", report)
-    page = admin_client.get(f"/admin/voice/loadtestrun/{run.pk}/change/")
+    page = admin_client.get(f"/admin/loadtest/loadtestrun/{run.pk}/change/")
     assert page.status_code == 200 and b"<svg" in page.content and b"<circle" in page.content
-    assert admin_client.get("/admin/voice/loadtestrun/").status_code == 200
+    assert admin_client.get("/admin/loadtest/loadtestrun/").status_code == 200
 
 
 # -- simultaneous talkers: busy answers and the order of service ------------------------------------------------
