@@ -135,6 +135,35 @@ async def test_binary_arguments_and_results_cross_the_seam_intact():
     assert sum(len(decoder.decode(f)) for f in frames) >= 16000 * 0.7 and decoder.errors == 0
 
 
+def test_both_backends_are_the_declared_service():
+    from voice.workers import InProcessService, Service
+    from voice.workers.celery_service import CeleryService
+    from voice.workers.local import LocalService
+
+    limits = ServiceLimits("test", 1, 2, 5.0, pool_size=1)
+    local, remote = LocalService(limits), CeleryService(limits)
+    try:
+        assert isinstance(local, Service) and isinstance(remote, Service)
+        assert isinstance(local, InProcessService) and not isinstance(remote, InProcessService)
+        assert isinstance(make_service(service_limits("vad"), backend="celery"), LocalService)  # the VAD stays here
+    finally:
+        local.shutdown()
+        remote.shutdown()
+
+
+def test_monitoring_reads_the_services_without_building_them(monkeypatch):
+    from monitoring.collectors import service_occupancy
+    from voice.workers import base, built_services
+
+    monkeypatch.setattr(base, "_built", None)
+    assert service_occupancy() == {} and built_services() == {} and base._built is None
+    fake = {"asr": service(name="asr")}
+    monkeypatch.setattr(base, "_built", fake)
+    assert services() is fake and set(service_occupancy()) == {"asr"}
+    assert service_occupancy()["asr"]["active"] == 0
+    fake["asr"].shutdown()
+
+
 async def test_unknown_operations_are_refused_with_their_name():
     with pytest.raises(LookupError, match="probe.nothing"):
         await service().call("probe.nothing")
