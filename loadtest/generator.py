@@ -240,7 +240,7 @@ class Run:
         return row
 
     def progress(self) -> str:
-        from loadtest.report import percentile
+        from voice.percentile import percentile
 
         ttfa = [t.get("ttfa_ms") for t in self.turns]
         p50, p95 = percentile(ttfa, 0.5), percentile(ttfa, 0.95)

@@ -9,6 +9,8 @@ import collections
 import threading
 import time
 
+from voice.percentile import percentiles
+
 SAMPLE_WINDOW = 1000  # latest samples kept per latency figure
 
 _lock = threading.Lock()
@@ -52,14 +54,6 @@ def turn_finished(row: dict) -> None:
         for key, value in row.items():
             if key.endswith("_ms") and value is not None:
                 _samples[key].append((time.time(), value))
-
-
-def percentiles(values: list[float], qs=(0.5, 0.95, 0.99)) -> dict[str, float | None]:
-    ordered = sorted(values)
-    out = {}
-    for q in qs:
-        out[f"p{int(q * 100)}"] = None if not ordered else ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-    return out
 
 
 def snapshot(window_seconds: float = 300.0) -> dict:

@@ -12,9 +12,9 @@ from django.core.management import CommandError, call_command
 from loadtest.chart import ttfa_svg
 from loadtest.generator import Config, Run, ota_or_ws
 from loadtest.playout import simulate
-from loadtest.report import Targets, build, percentile, table
-from loadtest.tests.scripted import ScriptedServer as Scripted, paced, paced_with_lead
+from loadtest.report import Targets, build, table
 from loadtest.simulated_device import SimulatedDevice, silence_frames
+from loadtest.tests.scripted import ScriptedServer as Scripted, paced, paced_with_lead
 
 STT, TTS_START, FIRST_AUDIO = 0.20, 0.10, 0.10  # seconds, the scripted server's delays
 EXPECTED_TTFA_MS = (STT + TTS_START + FIRST_AUDIO) * 1000
@@ -47,14 +47,14 @@ def test_a_starving_sender_underruns_once_per_gap():
     assert p.underruns == 5 and p.overflows == 0
 
 
-def test_percentiles_and_targets():
-    assert percentile([1, 2, 3, 4, 5], 0.5) == 3 and percentile([], 0.5) is None
-    assert percentile(list(range(101)), 0.95) == pytest.approx(95)
+def test_figures_and_targets():
     turns = [{"ttfa_ms": v, "error": None, "played_seconds": 6.0, "underruns": 1, "audio_frames": 100} for v in (100, 200, 300)]
     turns.append({"error": "no_stt"})
     report = build([{"connected": True, "connect_ms": 5, "hello_ms": 1}], turns, [1.0, 40.0, 50.0], {},
                    Targets(ttfa_p95_ms=250, max_error_rate=0.5, max_underruns_per_minute=20), 1.0)
     assert report["errors"] == {"no_stt": 1} and report["error_rate"] == 0.25
+    # voice.percentile (interpolated): p95 of 100/200/300 is 200 + 0.9 * 100
+    assert report["figures"]["ttfa_ms"] == {"count": 3, "p50": 200.0, "p95": 290.0, "p99": 298.0, "max": 300, "mean": 200.0}
     assert report["audio"]["underruns_per_minute"] == pytest.approx(10.0)
     assert report["verdict"]["ttfa_p95_ms"]["passed"] is False and report["verdict"]["error_rate"]["passed"]
     assert report["generator"]["behind_schedule"] and not report["passed"]
