@@ -119,6 +119,8 @@ class Turn(models.Model):
     user_text = models.TextField(blank=True)
     reply_text = models.TextField(blank=True)
     error = models.CharField(max_length=255, blank=True)
+    interrupted = models.BooleanField(
+        default=False, help_text="The reply was cut short (abort, barge-in); the reply text is what was played.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     speech_end_at = models.DateTimeField(null=True, blank=True)
     asr_done_ms = models.FloatField(null=True, blank=True)

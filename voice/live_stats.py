@@ -10,6 +10,7 @@ import threading
 import time
 
 from voice.percentile import percentiles
+from voice.pipeline.turn_row import TurnRow
 
 SAMPLE_WINDOW = 1000  # latest samples kept per latency figure
 
@@ -43,17 +44,16 @@ def observe(name: str, value_ms: float) -> None:
         _samples[name].append((time.time(), value_ms))
 
 
-def turn_finished(row: dict) -> None:
+def turn_finished(row: TurnRow) -> None:
     """Record one finished turn's stage marks (ms after end of speech) and its outcome."""
     with _lock:
         _turn_times.append(time.monotonic())
         _counters["turns"] += 1
-        if row.get("error"):
+        if row.error:
             _counters["turn_errors"] += 1
-            _counters[f"errors:{row['error'].split(':')[0]}"] += 1
-        for key, value in row.items():
-            if key.endswith("_ms") and value is not None:
-                _samples[key].append((time.time(), value))
+            _counters[f"errors:{row.error.split(':')[0]}"] += 1
+        for key, value in row.latencies().items():
+            _samples[key].append((time.time(), value))
 
 
 def snapshot(window_seconds: float = 300.0) -> dict:

@@ -10,14 +10,15 @@ from django.utils.html import escape
 from monitoring import aggregate, collectors, snapshots
 from monitoring.models import MetricSnapshot
 from voice import live_stats
+from voice.pipeline.turn_row import TurnRow
 
 
 def load_some_figures():
     live_stats.gauge_add("connected_devices", 3)
     live_stats.incr("ws_messages_in", 7)
     live_stats.incr("ws_bytes_in", 700)
-    live_stats.turn_finished({"first_audio_sent_ms": 900.0, "asr_done_ms": 200.0})
-    live_stats.turn_finished({"first_audio_sent_ms": 1100.0, "error": "llm: boom"})
+    live_stats.turn_finished(TurnRow(first_audio_sent_ms=900.0, asr_done_ms=200.0))
+    live_stats.turn_finished(TurnRow(first_audio_sent_ms=1100.0, error="llm: boom"))
 
 
 def fake_other_process(settings, devices=5):
