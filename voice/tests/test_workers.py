@@ -40,8 +40,8 @@ async def test_calls_beyond_the_queue_are_refused_at_once(tmp_path):
     assert not any(call.done() for call in calls)
     release.touch()
     assert await asyncio.gather(*calls) == ["released"] * 3
-    stats = svc.occupancy()
-    assert stats["rejected"] == 1 and stats["completed"] == 3 and stats["active"] == 0 and stats["queued"] == 0
+    occupancy = svc.occupancy()
+    assert occupancy["rejected"] == 1 and occupancy["completed"] == 3 and occupancy["active"] == 0 and occupancy["queued"] == 0
 
 
 async def test_a_device_over_its_share_is_refused_and_counted_while_others_are_served(tmp_path):
@@ -56,8 +56,8 @@ async def test_a_device_over_its_share_is_refused_and_counted_while_others_are_s
     assert await asyncio.gather(first, other) == ["released", "released"]
     # once its call is over the device may call again
     assert await svc.call("probe.sleep", 0, owner="device-a") == 0
-    stats = svc.occupancy()
-    assert stats["rejected"] == 1 and stats["rejected_per_device"] == 1 and stats["completed"] == 3
+    occupancy = svc.occupancy()
+    assert occupancy["rejected"] == 1 and occupancy["rejected_per_device"] == 1 and occupancy["completed"] == 3
 
 
 async def test_waiting_calls_run_in_arrival_order(tmp_path):
@@ -81,10 +81,10 @@ async def test_a_call_nobody_answers_times_out_and_frees_its_place():
     svc = service(name="nobody" if CELERY else "test", timeout=0.3, queue_size=0)
     with pytest.raises(ServiceTimeout):
         await svc.call("probe.sleep", 2.0)
-    stats = svc.occupancy()
-    assert stats["timed_out"] == 1
+    occupancy = svc.occupancy()
+    assert occupancy["timed_out"] == 1
     if CELERY:  # the caller's place is free again at once (a local thread still runs its call)
-        assert stats["active"] == 0 and stats["queued"] == 0
+        assert occupancy["active"] == 0 and occupancy["queued"] == 0
 
 
 async def test_a_stream_yields_items_and_stops_its_producer_when_abandoned(tmp_path):
