@@ -42,7 +42,7 @@ class CommunicatorLink:
             await self.communicator.send_to(text_data=data)
 
     async def recv(self):
-        from voice.simulated_device import LinkClosed
+        from loadtest.simulated_device import LinkClosed
 
         # A long timeout: the communicator cancels the application when a receive times out.
         message = await self.communicator.receive_output(timeout=3600)
@@ -69,7 +69,7 @@ def fresh_channel_layer():
 @pytest.fixture(scope="session")
 def say():
     """Speech frames for a text, synthesised once per test run with the bundled voice."""
-    from voice.simulated_device import spoken_frames
+    from loadtest.simulated_device import spoken_frames
 
     cache = {}
 
@@ -88,7 +88,7 @@ async def connect_device(transactional_db):
     one cancelled by the closing event loop instead can hang in a Redis receive (channels-redis)."""
     from channels.testing import WebsocketCommunicator
 
-    from voice.simulated_device import SimulatedDevice
+    from loadtest.simulated_device import SimulatedDevice
     from xiaozhi.asgi import application
 
     devices = []

@@ -29,7 +29,7 @@ from benchmarks.turn_latency import QUESTIONS, prepare, start_server  # noqa: E4
 
 
 async def turns_after_start(base: str, questions: list[str], mode: str, say) -> list[float | None]:
-    from voice.simulated_device import SimulatedDevice
+    from loadtest.simulated_device import SimulatedDevice
 
     ttfa = []
     for question in questions:

@@ -9,7 +9,7 @@ hears no one speaking to it, so no utterance ends and no turn starts. That isola
 anyway, so a stray turn would cost nothing, and the run reports any turn it saw.
 
 For each batching mode (``XIAOZHI_VAD_BATCHING``) and each device count, a fresh Daphne is started
-(``voice.loadtest.server``), and the devices are driven from a *separate process* (this script with
+(``loadtest.server``), and the devices are driven from a *separate process* (this script with
 ``generate``), so the load generator's CPU is its own and measured. While they stream, the server's
 ``/api/performance/`` is polled every second for the packets its VAD has heard, its packet backlog,
 dropped packets and the VAD lag, and the CPU of both processes is sampled.
@@ -40,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from voice.percentile import percentile  # noqa: E402  (after the path is set)
 
 FRAME_SECONDS = 0.06
 SLOTS = 6  # devices are spread over six 10 ms phases of the 60 ms frame clock, as real devices are
@@ -139,9 +141,8 @@ async def generate(ws_url: str, devices: int, duration: float, frames_path: Path
         k += 1
         now = time.monotonic()
         if now >= next_report:
-            ordered = sorted(lateness)
-            print(json.dumps({"event": "progress", "t": now, "sent": sent, "late_p50_ms": round(ordered[len(ordered) // 2], 2),
-                              "late_p95_ms": round(ordered[int(0.95 * len(ordered))], 2), "late_max_ms": round(ordered[-1], 2),
+            print(json.dumps({"event": "progress", "t": now, "sent": sent, "late_p50_ms": round(percentile(lateness, 0.5), 2),
+                              "late_p95_ms": round(percentile(lateness, 0.95), 2), "late_max_ms": round(max(lateness), 2),
                               "cpu_s": round(time.process_time() - cpu0, 3), "wall_s": round(now - wall0, 3),
                               "received": dict(received)}), flush=True)
             lateness.clear()
@@ -185,7 +186,7 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
     import httpx
     import psutil
 
-    from voice.loadtest.server import local_server
+    from loadtest.server import local_server
 
     env = {"XIAOZHI_VAD_BATCHING": mode, "XIAOZHI_VAD_MAX_BATCH": str(args.max_batch),
            "XIAOZHI_IDLE_TIMEOUT_SECONDS": "3600", "XIAOZHI_MONITORING_SCHEDULER": "off", "LOG_LEVEL": "WARNING",

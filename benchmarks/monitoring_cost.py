@@ -28,11 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from voice.percentile import percentile  # noqa: E402  (after the path is set)
+
 
 def summary(samples_ms: list[float]) -> dict:
     ordered = sorted(samples_ms)
     return {"n": len(ordered), "median_ms": round(statistics.median(ordered), 2),
-            "p95_ms": round(ordered[min(int(0.95 * len(ordered)), len(ordered) - 1)], 2),
+            "p95_ms": round(percentile(ordered, 0.95), 2),
             "max_ms": round(ordered[-1], 2)}
 
 

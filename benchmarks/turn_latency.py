@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from voice.percentile import percentile  # noqa: E402  (after the path is set)
+
 QUESTIONS = [
     "What is the capital of France?", "Tell me a joke.", "What is the weather like today?",
     "How far away is the moon?", "Can you recommend a good book?", "What time is it?",
@@ -34,15 +36,6 @@ QUESTIONS = [
     "Turn on the kitchen light.", "What is the tallest mountain?", "Say good night.",
     "How many legs does a spider have?", "What is the speed of light?",
 ]
-
-
-def percentile(values, q):
-    values = sorted(v for v in values if v is not None)
-    if not values:
-        return None
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
 def free_port() -> int:
@@ -64,7 +57,7 @@ def prepare(prefix: str) -> tuple[dict, dict]:
     import django
 
     django.setup()
-    from voice.simulated_device import spoken_frames
+    from loadtest.simulated_device import spoken_frames
 
     return env, {q: spoken_frames(q) for q in QUESTIONS}
 
@@ -89,7 +82,7 @@ def start_server(env: dict) -> tuple[subprocess.Popen, str]:
 
 
 async def run_turns(base: str, turns: int, mode: str, say) -> tuple[list, str]:
-    from voice.simulated_device import SimulatedDevice
+    from loadtest.simulated_device import SimulatedDevice
 
     device = SimulatedDevice()
     await device.ota(f"{base}/xiaozhi/ota/")

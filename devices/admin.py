@@ -113,7 +113,7 @@ class DeviceSessionAdmin(ReadOnlyAdmin):
 
 @admin.register(Turn)
 class TurnAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "device", "user_text", "reply_text", "first_audio_sent_ms", "error")
-    list_filter = ("device",)
+    list_display = ("created_at", "device", "user_text", "reply_text", "interrupted", "first_audio_sent_ms", "error")
+    list_filter = ("interrupted", "device")
     search_fields = ("user_text", "reply_text")
     list_select_related = ("device",)

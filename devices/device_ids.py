@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import re
 
-_DEVICE_ID = re.compile(r"^[0-9a-z]{2}(:[0-9a-z]{2}){5}$")
+# 6 ASCII pairs separated by ':' or '-', as the reference server accepts. Matched before lowering
+# the case, so no non-ASCII letter can lower itself into an id (the Kelvin sign lowers to "k").
+_DEVICE_ID = re.compile(r"[0-9A-Za-z]{2}(?:[:-][0-9A-Za-z]{2}){5}")
 
 
 def normalize_device_id(raw: str | None) -> str | None:
     """The canonical id (lower case, ':'-separated), or None when ``raw`` is not a MAC-like id."""
-    if not isinstance(raw, str):
+    if not isinstance(raw, str) or not _DEVICE_ID.fullmatch(raw.strip()):
         return None
-    candidate = raw.strip().lower().replace("-", ":")
-    return candidate if _DEVICE_ID.match(candidate) else None
+    return raw.strip().lower().replace("-", ":")

@@ -30,9 +30,7 @@ class AgentConfigForm(forms.ModelForm):
         fields = "__all__"
 
     def clean(self):
-        from django.conf import settings
-
-        from voice.providers import requirements
+        from voice.providers import registry, requirements
 
         cleaned = super().clean()
         for kind in ("asr", "llm", "tts"):
@@ -41,7 +39,7 @@ class AgentConfigForm(forms.ModelForm):
             problem = requirements.problem(kind, name) if name else None
             if problem:
                 self.add_error(field, f"Not available on this server: {problem}.")
-        tts = cleaned.get("tts_provider") or settings.XIAOZHI_TTS_PROVIDER
+        tts = registry.resolve("tts", cleaned.get("tts_provider"))
         voice = cleaned.get("voice")
         if tts == "edge" and voice:
             from voice.providers.tts.edge import voice_problem

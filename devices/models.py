@@ -4,23 +4,13 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models, transaction
 
-# Display names; the choices themselves come from the provider registry, so every registered
-# provider is offered and none that is not. Callables: a new provider needs no migration.
-PROVIDER_LABELS = {
-    "whisper": "Whisper (bundled)",
-    "funasr": "FunASR SenseVoice",
-    "smollm2": "SmolLM2 (bundled)",
-    "openai": "OpenAI-compatible",
-    "piper": "Piper (bundled)",
-    "edge": "Edge TTS (online)",
-    "fake": "Fake (tests)",
-}
 
-
+# The choices come from the provider registry, so every registered provider is offered and none
+# that is not. Callables: a new provider needs no migration.
 def _provider_choices(kind: str) -> list[tuple[str, str]]:
-    from voice.providers.registry import BUILDERS
+    from voice.providers import registry
 
-    return [("", "Server default")] + [(name, PROVIDER_LABELS.get(name, name)) for name in BUILDERS[kind]]
+    return [("", "Server default")] + [(name, registry.label(name)) for name in registry.names(kind)]
 
 
 def asr_choices() -> list[tuple[str, str]]:
@@ -37,12 +27,14 @@ def tts_choices() -> list[tuple[str, str]]:
 
 def default_session_config(agent: AgentConfig | None = None) -> dict:
     """What a voice session uses; blank agent fields fall back to the server-wide settings."""
+    from voice.providers import registry
+
     return {
         "system_prompt": (agent and agent.system_prompt) or settings.XIAOZHI_SYSTEM_PROMPT,
         "voice": (agent and agent.voice) or "",
-        "asr_provider": (agent and agent.asr_provider) or settings.XIAOZHI_ASR_PROVIDER,
-        "llm_provider": (agent and agent.llm_provider) or settings.XIAOZHI_LLM_PROVIDER,
-        "tts_provider": (agent and agent.tts_provider) or settings.XIAOZHI_TTS_PROVIDER,
+        "asr_provider": registry.resolve("asr", agent and agent.asr_provider),
+        "llm_provider": registry.resolve("llm", agent and agent.llm_provider),
+        "tts_provider": registry.resolve("tts", agent and agent.tts_provider),
         "llm_model": (agent and agent.llm_model) or settings.XIAOZHI_LLM_MODEL,
     }
 
@@ -127,6 +119,8 @@ class Turn(models.Model):
     user_text = models.TextField(blank=True)
     reply_text = models.TextField(blank=True)
     error = models.CharField(max_length=255, blank=True)
+    interrupted = models.BooleanField(
+        default=False, help_text="The reply was cut short (abort, barge-in); the reply text is what was played.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     speech_end_at = models.DateTimeField(null=True, blank=True)
     asr_done_ms = models.FloatField(null=True, blank=True)

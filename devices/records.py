@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import Exists, OuterRef
@@ -17,12 +17,7 @@ from django.utils import timezone
 
 from devices.auth import DeviceIdentity
 from devices.models import AgentConfig, Device, DeviceSession, Turn, default_session_config
-
-TURN_FIELDS = (
-    "user_text", "reply_text", "error", "speech_end_at", "asr_done_ms", "llm_first_token_ms",
-    "first_sentence_ms", "tts_first_audio_ms", "first_audio_sent_ms", "timings",
-)
-
+from voice.pipeline.turn_row import TurnRow
 
 @dataclass
 class ConnectionInfo:
@@ -147,17 +142,16 @@ def close_connection(session_pk: int, reason: str) -> None:
     Device.objects.filter(pk=device_pk).filter(~Exists(open_sessions)).update(online=False, last_seen=now)
 
 
-def record_turn(device_pk: int, session_pk: int | None, record: dict) -> int:
-    values = {key: record[key] for key in TURN_FIELDS if key in record and record[key] is not None}
-    for key in ("user_text", "reply_text"):
-        values[key] = str(values.get(key, ""))
-    values["error"] = _clip(values.get("error"), Turn, "error")
-    values["timings"] = dict(values.get("timings") or {})
-    speech_end_at = values.pop("speech_end_at", None)
-    if isinstance(speech_end_at, datetime):
-        is_naive = timezone.is_naive(speech_end_at)
-        values["speech_end_at"] = timezone.make_aware(speech_end_at) if is_naive else speech_end_at
-    return Turn.objects.create(device_id=device_pk, session_id=session_pk, **values).pk
+def record_turn(device_pk: int, session_pk: int | None, row: TurnRow) -> int:
+    speech_end_at = row.speech_end_at
+    if speech_end_at is not None and timezone.is_naive(speech_end_at):
+        speech_end_at = timezone.make_aware(speech_end_at)
+    return Turn.objects.create(
+        device_id=device_pk, session_id=session_pk,
+        user_text=str(row.user_text or ""), reply_text=str(row.reply_text or ""),
+        error=_clip(row.error, Turn, "error"), interrupted=bool(row.interrupted),
+        speech_end_at=speech_end_at, timings=dict(row.timings or {}), **row.latencies(),
+    ).pk
 
 
 def touch_device(device_pk: int) -> None:

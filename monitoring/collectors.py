@@ -65,11 +65,9 @@ def system() -> dict:
 
 def service_occupancy() -> dict:
     """Per-service queue figures; only services already built (never builds them as a side effect)."""
-    from voice.workers import local
+    from voice.workers import built_services
 
-    if local.services.cache_info().currsize == 0:
-        return {}
-    return {name: service.occupancy() for name, service in local.services().items()}
+    return {name: service.occupancy() for name, service in built_services().items()}
 
 
 def application() -> dict:

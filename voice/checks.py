@@ -3,32 +3,33 @@ from django.conf import settings
 from django.core.checks import Error, register
 
 from voice.conf import PerformanceConfigError, performance_config
+from voice.providers import registry, requirements
 
-KNOWN_PROVIDERS = {
-    "XIAOZHI_VAD_PROVIDER": {"silero"},
-    "XIAOZHI_ASR_PROVIDER": {"whisper", "funasr", "fake"},
-    "XIAOZHI_LLM_PROVIDER": {"smollm2", "openai", "fake"},
-    "XIAOZHI_TTS_PROVIDER": {"piper", "edge", "fake"},
+# What to change when the configured provider cannot start (found by voice/providers/requirements.py,
+# the same checks the admin's agent form runs): the check's id and its hint.
+READINESS_IDS = {
+    ("llm", "openai"): ("voice.E003", "Set XIAOZHI_LLM_BASE_URL (and XIAOZHI_LLM_MODEL)"),
+    ("asr", "funasr"): ("voice.E006", "Set XIAOZHI_SENSEVOICE_MODEL_DIR to a SenseVoiceSmall folder, or another XIAOZHI_ASR_PROVIDER"),
+    ("tts", "edge"): ("voice.E007", "Set XIAOZHI_EDGE_TTS_VOICE to a voice such as en-US-AriaNeural, or another XIAOZHI_TTS_PROVIDER"),
 }
 
 
 @register()
 def check_voice_settings(app_configs=None, **kwargs):
     errors = []
-    for setting, names in KNOWN_PROVIDERS.items():
-        value = getattr(settings, setting)
-        if value not in names:
-            errors.append(
-                Error(f"{setting}={value!r} is not a known provider", hint=f"Use one of: {', '.join(sorted(names))}", id="voice.E001")
-            )
+    for kind in registry.KINDS:
+        setting, name = registry.SETTING[kind], registry.resolve(kind)
+        if name not in registry.names(kind):
+            errors.append(Error(f"{setting}={name!r} is not a known provider",
+                                hint=f"Use one of: {', '.join(sorted(registry.names(kind)))}", id="voice.E001"))
     if settings.XIAOZHI_OUTPUT_SAMPLE_RATE not in (16000, 24000):
         errors.append(Error("XIAOZHI_OUTPUT_SAMPLE_RATE must be 16000 or 24000", id="voice.E002"))
-    if settings.XIAOZHI_LLM_PROVIDER == "openai" and not settings.XIAOZHI_LLM_BASE_URL:
-        errors.append(
-            Error("the openai LLM provider needs a server", hint="Set XIAOZHI_LLM_BASE_URL (and XIAOZHI_LLM_MODEL)", id="voice.E003")
-        )
-    errors += _check_edge()
-    errors += _check_sensevoice()
+    errors += _check_readiness()
+    from voice.providers.asr import sensevoice
+
+    problem = sensevoice.language_problem(settings.XIAOZHI_SENSEVOICE_LANGUAGE)
+    if problem:
+        errors.append(Error(problem, hint="Set XIAOZHI_SENSEVOICE_LANGUAGE to auto, zh, en, yue, ja or ko", id="voice.E005"))
     try:
         performance_config.cache_clear()  # re-read: the check is also how a changed override is validated
         performance_config()
@@ -39,35 +40,19 @@ def check_voice_settings(app_configs=None, **kwargs):
     return errors
 
 
-def _check_sensevoice():
-    """The funasr ASR's folder and packages, when it is the server's ASR: cheap file checks, so a
-    wrong path fails at start rather than after funasr's slow import or at the first utterance."""
-    from voice.providers.asr import sensevoice
-
+def _check_readiness():
+    """The server's own providers, by the cheap checks of ``requirements`` (settings, files,
+    packages; no model load, no network): a wrong path or a missing package fails at start rather
+    than after a slow import or at the first utterance. A remote service is not contacted: its
+    failure during a turn is spoken around like any provider error."""
     errors = []
-    problem = sensevoice.language_problem(settings.XIAOZHI_SENSEVOICE_LANGUAGE)
-    if problem:
-        errors.append(Error(problem, hint="Set XIAOZHI_SENSEVOICE_LANGUAGE to auto, zh, en, yue, ja or ko", id="voice.E005"))
-    if settings.XIAOZHI_ASR_PROVIDER == "funasr":
-        problem = sensevoice.model_dir_problem(settings.XIAOZHI_SENSEVOICE_MODEL_DIR) or sensevoice.package_problem()
+    for kind in registry.KINDS:
+        name = registry.resolve(kind)
+        problem = requirements.problem(kind, name)
         if problem:
-            errors.append(
-                Error(problem, hint="Set XIAOZHI_SENSEVOICE_MODEL_DIR to a SenseVoiceSmall folder, or another XIAOZHI_ASR_PROVIDER", id="voice.E006")
-            )
+            check_id, hint = READINESS_IDS.get((kind, name), ("voice.E008", f"Fix what is named, or set another {registry.SETTING[kind]}"))
+            errors.append(Error(problem, hint=hint, id=check_id))
     return errors
-
-
-def _check_edge():
-    """Edge TTS, when it is the server's TTS: its packages and the default voice's form. The
-    service itself is not contacted (no network at start-up); a failure during a turn is spoken
-    around like any provider error."""
-    if settings.XIAOZHI_TTS_PROVIDER != "edge":
-        return []
-    from voice.providers.tts import edge
-
-    problem = edge.package_problem() or edge.voice_problem(settings.XIAOZHI_EDGE_TTS_VOICE)
-    hint = "Set XIAOZHI_EDGE_TTS_VOICE to a voice such as en-US-AriaNeural, or another XIAOZHI_TTS_PROVIDER"
-    return [Error(problem, hint=hint, id="voice.E007")] if problem else []
 
 
 @register()

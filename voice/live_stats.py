@@ -9,6 +9,9 @@ import collections
 import threading
 import time
 
+from voice.percentile import percentiles
+from voice.pipeline.turn_row import TurnRow
+
 SAMPLE_WINDOW = 1000  # latest samples kept per latency figure
 
 _lock = threading.Lock()
@@ -41,25 +44,16 @@ def observe(name: str, value_ms: float) -> None:
         _samples[name].append((time.time(), value_ms))
 
 
-def turn_finished(row: dict) -> None:
+def turn_finished(row: TurnRow) -> None:
     """Record one finished turn's stage marks (ms after end of speech) and its outcome."""
     with _lock:
         _turn_times.append(time.monotonic())
         _counters["turns"] += 1
-        if row.get("error"):
+        if row.error:
             _counters["turn_errors"] += 1
-            _counters[f"errors:{row['error'].split(':')[0]}"] += 1
-        for key, value in row.items():
-            if key.endswith("_ms") and value is not None:
-                _samples[key].append((time.time(), value))
-
-
-def percentiles(values: list[float], qs=(0.5, 0.95, 0.99)) -> dict[str, float | None]:
-    ordered = sorted(values)
-    out = {}
-    for q in qs:
-        out[f"p{int(q * 100)}"] = None if not ordered else ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-    return out
+            _counters[f"errors:{row.error.split(':')[0]}"] += 1
+        for key, value in row.latencies().items():
+            _samples[key].append((time.time(), value))
 
 
 def snapshot(window_seconds: float = 300.0) -> dict:

@@ -453,14 +453,3 @@ def negotiate_binary_version(header_value: str | None, hello_version: int | None
     if _is_int(hello_version) and hello_version in SUPPORTED_BINARY_VERSIONS:
         return hello_version
     return default
-
-
-_MAC_RE = re.compile(r"[0-9A-Za-z]{2}(?:[:-][0-9A-Za-z]{2}){5}")
-
-
-def normalize_device_id(value: str | None) -> str | None:
-    """MAC-like ids (6 pairs of [0-9A-Za-z] separated by ':' or '-', as the reference server
-    accepts) -> lower case with ':'; anything else -> None. Upper/lower case MACs are one device."""
-    if not isinstance(value, str) or not _MAC_RE.fullmatch(value.strip()):
-        return None
-    return value.strip().lower().replace("-", ":")

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "devices",
     "voice",
     "monitoring",
+    "loadtest",
 ]
 
 MIDDLEWARE = [

@@ -3,6 +3,7 @@ import logging
 import pytest
 
 from devices.auth import DeviceAuthMiddleware, identify
+from devices.device_ids import normalize_device_id
 from devices.tokens import issue_token
 
 MAC = "aa:bb:cc:dd:ee:ff"
@@ -30,6 +31,24 @@ def test_it_reads_the_identity_from_the_headers_whatever_their_case():
     assert (identity.device_id, identity.client_id, identity.protocol_version_header) == (MAC, "c-1", "2")
     assert identity.error_code is None
     assert identity.remote_addr == "10.0.0.9"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("AA:BB:CC:DD:EE:FF", "aa:bb:cc:dd:ee:ff"),
+    ("aa-bb-cc-dd-ee-0f", "aa:bb:cc:dd:ee:0f"),
+    (" 12:34:56:78:9a:bc ", "12:34:56:78:9a:bc"),
+    ("aa:bb:cc:dd:ee", None),
+    ("aa:bb:cc:dd:ee:ff:00", None),
+    ("aabbccddeeff", None),
+    ("aa:bb:cc:dd:ee:f", None),
+    ("garbage", None),
+    ("", None),
+    (None, None),
+    ("\u212a" + "a:bb:cc:dd:ee:ff", None),  # a Kelvin sign is not a "k"
+    ("aa:bb:cc:dd:ee:ff\n", "aa:bb:cc:dd:ee:ff"),
+])
+def test_normalize_device_id(value, expected):
+    assert normalize_device_id(value) == expected
 
 
 def test_it_normalises_upper_case_and_dashed_device_ids():

@@ -5,6 +5,7 @@ import pytest
 from devices.auth import DeviceIdentity
 from devices.models import AgentConfig, Device, DeviceSession, Turn
 from devices.records import close_connection, record_turn, register_connection, touch_device
+from voice.pipeline.turn_row import MARKS, TurnRow
 
 MAC = "aa:bb:cc:dd:ee:ff"
 
@@ -70,30 +71,45 @@ def test_the_agent_is_the_devices_own_then_the_default_then_the_settings(setting
 def test_a_turn_round_trips_chinese_and_emoji_with_its_timings():
     info = connect()
     speech_end = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=dt_timezone.utc)
-    pk = record_turn(info.device_pk, info.session_pk, {
-        "user_text": "你好 😊",
-        "reply_text": "你好！我是小智 🤖，有什么可以帮你？",
-        "error": "",
-        "speech_end_at": speech_end,
-        "asr_done_ms": 210.5,
-        "first_audio_sent_ms": 812.0,
-        "timings": {"asr_run_ms": 180.2, "note": "模型 ✓"},
-        "unknown_key": "ignored",
-    })
+    pk = record_turn(info.device_pk, info.session_pk, TurnRow(
+        user_text="你好 😊",
+        reply_text="你好！我是小智 🤖，有什么可以帮你？",
+        error="",
+        speech_end_at=speech_end,
+        asr_done_ms=210.5,
+        first_audio_sent_ms=812.0,
+        timings={"asr_run_ms": 180.2, "note": "模型 ✓"},
+    ))
     turn = Turn.objects.get(pk=pk)
     assert turn.user_text == "你好 😊"
     assert turn.reply_text == "你好！我是小智 🤖，有什么可以帮你？"
     assert turn.speech_end_at == speech_end
     assert (turn.asr_done_ms, turn.first_audio_sent_ms, turn.llm_first_token_ms) == (210.5, 812.0, None)
-    assert turn.timings == {"asr_run_ms": 180.2, "note": "模型 ✓"}
+    assert turn.timings == {"asr_run_ms": 180.2, "note": "模型 ✓"} and turn.interrupted is False
     assert Turn.objects.filter(user_text__contains="😊").count() == 1
 
 
 def test_a_turn_without_a_session_and_with_a_long_error_is_stored():
     info = connect()
-    pk = record_turn(info.device_pk, None, {"user_text": "hi", "error": "x" * 1000})
+    pk = record_turn(info.device_pk, None, TurnRow(user_text="hi", error="x" * 1000))
     turn = Turn.objects.get(pk=pk)
     assert (turn.session_id, len(turn.error), turn.reply_text, turn.timings) == (None, 255, "", {})
+
+
+def test_an_interrupted_turn_is_stored_as_interrupted_with_what_was_played():
+    info = connect()
+    pk = record_turn(info.device_pk, info.session_pk, TurnRow(user_text="tell me a story", reply_text="Once upon",
+                                                              interrupted=True, first_audio_sent_ms=640.0))
+    turn = Turn.objects.get(pk=pk)
+    assert (turn.interrupted, turn.reply_text, turn.first_audio_sent_ms) == (True, "Once upon", 640.0)
+
+
+def test_a_turn_row_has_a_column_for_each_of_its_fields():
+    import dataclasses
+
+    columns = {f.name for f in Turn._meta.get_fields()}
+    assert {f.name for f in dataclasses.fields(TurnRow)} <= columns
+    assert set(TurnRow(**{f"{m}_ms": 1.0 for m in MARKS}).latencies()) == {f"{m}_ms" for m in MARKS}
 
 
 def test_touching_a_device_moves_its_last_seen():

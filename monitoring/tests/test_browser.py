@@ -13,6 +13,7 @@ from django.utils import timezone
 from monitoring import aggregate, alerts, evaluation, snapshots
 from monitoring.models import AlertRule, MetricSnapshot
 from voice import live_stats
+from voice.pipeline.turn_row import TurnRow
 
 CHROMIUM = os.environ.get("XIAOZHI_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(django_settings.BASE_DIR) / "test-artifacts"
@@ -24,9 +25,9 @@ def real_snapshots(count: int = 8) -> None:
     """Snapshots taken by the real code under changing load, then spread over the last 38 minutes (3 in the last 15)."""
     for i in range(count):
         live_stats.gauge_add("connected_devices", 5)
-        live_stats.turn_finished({"asr_done_ms": 150.0 + 10 * i, "llm_first_token_ms": 400.0 + 30 * i,
-                             "first_sentence_ms": 600.0 + 40 * i, "tts_first_audio_ms": 750.0 + 40 * i,
-                             "first_audio_sent_ms": 800.0 + 50 * i})
+        live_stats.turn_finished(TurnRow(asr_done_ms=150.0 + 10 * i, llm_first_token_ms=400.0 + 30 * i,
+                                         first_sentence_ms=600.0 + 40 * i, tts_first_audio_ms=750.0 + 40 * i,
+                                         first_audio_sent_ms=800.0 + 50 * i))
         snap = snapshots.take()
         MetricSnapshot.objects.filter(pk=snap.pk).update(created_at=timezone.now() - timedelta(minutes=5 * (count - i) - 2))
 

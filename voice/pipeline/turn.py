@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from voice.pipeline.listener import Utterance
 from voice.pipeline.pacer import Pacer
 from voice.pipeline.sentences import SentenceSplitter, clean_for_speech
+from voice.pipeline.turn_row import MARKS, TurnRow
 from voice.protocol import Llm, Stt, emotion_for, encode, strip_emoji
 from voice.workers import ServiceBusy, ServiceTimeout
 from voice.workers.operations import pcm_bytes
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 BUSY_REPLY = "Sorry, I am busy right now. Please try again in a moment."
 ERROR_REPLY = "Sorry, something went wrong. Please try again."
-MARKS = ("asr_done", "llm_first_token", "first_sentence", "tts_first_audio", "first_audio_sent")
 
 
 @dataclass
@@ -42,21 +42,20 @@ class TurnRecord:
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, at if at is not None else asyncio.get_running_loop().time())
 
-    def as_row(self) -> dict:
+    def as_row(self) -> TurnRow:
         """Marks in ms after the end of speech, plus model run times, for storage and benchmarks."""
         from datetime import datetime, timezone
 
-        row = {
-            "user_text": self.user_text,
-            "reply_text": self.reply_text,
-            "error": self.error,
-            "speech_end_at": datetime.fromtimestamp(self.speech_end_wall, tz=timezone.utc),
-            "timings": {f"{k}_model_ms": round(v * 1000, 1) for k, v in self.model_seconds.items()},
-        }
-        for name in MARKS:
-            at = self.marks.get(name)
-            row[f"{name}_ms"] = None if at is None else round((at - self.speech_end) * 1000, 1)
-        return row
+        marks = {f"{name}_ms": None if (at := self.marks.get(name)) is None else round((at - self.speech_end) * 1000, 1)
+                 for name in MARKS}
+        return TurnRow(
+            user_text=self.user_text,
+            reply_text=self.reply_text,
+            error=self.error,
+            speech_end_at=datetime.fromtimestamp(self.speech_end_wall, tz=timezone.utc),
+            timings={f"{k}_model_ms": round(v * 1000, 1) for k, v in self.model_seconds.items()},
+            **marks,
+        )
 
 
 @dataclass

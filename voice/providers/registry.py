@@ -19,8 +19,6 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("vad", "asr", "llm", "tts")
 SETTING = {kind: f"XIAOZHI_{kind.upper()}_PROVIDER" for kind in KINDS}
-# Named in the settings' checks but not written yet: say so rather than "unknown".
-COMING_LATER: dict[str, set[str]] = {}
 
 _lock = threading.RLock()
 _providers: dict[tuple[str, str], object] = {}
@@ -117,11 +115,36 @@ BUILDERS: dict[str, dict[str, Callable[[], object]]] = {
     "llm": {"smollm2": _smollm2, "openai": _openai, "fake": _fake("llm")},
     "tts": {"piper": _piper, "edge": _edge, "fake": _fake("tts")},
 }
-DEFAULT_NAME = {"vad": "silero", "asr": "whisper", "llm": "smollm2", "tts": "piper"}
+# Display names (the admin's agent form); a provider without one is shown by its name.
+LABELS = {
+    "silero": "Silero VAD (bundled)",
+    "whisper": "Whisper (bundled)",
+    "funasr": "FunASR SenseVoice",
+    "smollm2": "SmolLM2 (bundled)",
+    "openai": "OpenAI-compatible",
+    "piper": "Piper (bundled)",
+    "edge": "Edge TTS (online)",
+    "fake": "Fake (tests)",
+}
+
+
+def names(kind: str) -> list[str]:
+    """The providers of ``kind`` this server can build, in the catalogue's order."""
+    return list(BUILDERS[kind])
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+def resolve(kind: str, name: str | None = None) -> str:
+    """The provider to use: ``name`` when one is chosen (an agent's field), else the server's
+    ``XIAOZHI_<KIND>_PROVIDER``. The one place where "blank means the server default" is decided."""
+    return name or getattr(settings, SETTING[kind])
 
 
 def _get(kind: str, name: str | None):
-    name = name or getattr(settings, SETTING[kind])
+    name = resolve(kind, name)
     key = (kind, name)
     provider = _providers.get(key)
     if provider is not None:
@@ -138,10 +161,7 @@ def _get(kind: str, name: str | None):
 
 
 def _unknown_message(kind: str, name: str) -> str:
-    label = kind.upper()
-    if name in COMING_LATER.get(kind, ()):
-        return f"{label} provider {name!r} is not available yet; set {SETTING[kind]}={DEFAULT_NAME[kind]}"
-    return f"unknown {label} provider {name!r}; set {SETTING[kind]} to one of: {', '.join(sorted(BUILDERS[kind]))}"
+    return f"unknown {kind.upper()} provider {name!r}; set {SETTING[kind]} to one of: {', '.join(sorted(BUILDERS[kind]))}"
 
 
 def get_vad(name: str | None = None) -> VADModel:

@@ -28,6 +28,27 @@ def test_the_openai_provider_without_a_server_is_refused(settings):
     assert "voice.E003" in ids(check_voice_settings())
 
 
+def test_a_missing_sensevoice_folder_and_a_malformed_edge_voice_are_refused_as_the_agent_form_refuses_them(settings, tmp_path):
+    from voice.providers import requirements
+
+    settings.XIAOZHI_ASR_PROVIDER = "funasr"
+    settings.XIAOZHI_SENSEVOICE_MODEL_DIR = str(tmp_path / "nowhere")
+    settings.XIAOZHI_TTS_PROVIDER = "edge"
+    settings.XIAOZHI_EDGE_TTS_VOICE = "not a voice"
+    errors = {e.id: e.msg for e in check_voice_settings()}
+    assert errors["voice.E006"] == requirements.problem("asr", "funasr") and "nowhere" in errors["voice.E006"]
+    assert errors["voice.E007"] == requirements.problem("tts", "edge") and "not a voice" in errors["voice.E007"]
+
+
+def test_a_blank_choice_resolves_to_the_servers_provider(settings):
+    from voice.providers import registry
+
+    settings.XIAOZHI_LLM_PROVIDER = "fake"
+    assert registry.resolve("llm", "") == registry.resolve("llm", None) == "fake"
+    assert registry.resolve("llm", "openai") == "openai"
+    assert registry.names("tts") == ["piper", "edge", "fake"]
+
+
 def test_a_bad_override_file_names_the_key(settings, tmp_path):
     override = tmp_path / ".performance.yaml"
     override.write_text("services:\n  asr:\n    max_concurrent: zero\n")

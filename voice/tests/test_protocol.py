@@ -6,7 +6,7 @@ import pytest
 from voice.protocol import (
     EMOTIONS, MAX_AUDIO_PAYLOAD, MAX_TEXT_BYTES, Abort, Alert, AudioParams, BinaryFrame,
     BinaryFraming, FrameError, Hello, Iot, Listen, Llm, Mcp, Ping, Pong, ProtocolError, ServerHello,
-    Stt, System, Tts, emotion_for, encode, negotiate_binary_version, normalize_device_id,
+    Stt, System, Tts, emotion_for, encode, negotiate_binary_version,
     parse_device_message, parse_server_message, strip_emoji,
 )
 
@@ -302,22 +302,6 @@ def test_binary_version_prefers_the_header_then_hello_then_default(header, hello
 
 def test_binary_version_falls_back_to_the_given_default():
     assert negotiate_binary_version("x", None, default=3) == 3
-
-
-@pytest.mark.parametrize("value, expected", [
-    ("AA:BB:CC:DD:EE:FF", "aa:bb:cc:dd:ee:ff"),
-    ("aa-bb-cc-dd-ee-0f", "aa:bb:cc:dd:ee:0f"),
-    (" 12:34:56:78:9a:bc ", "12:34:56:78:9a:bc"),
-    ("aa:bb:cc:dd:ee", None),
-    ("aa:bb:cc:dd:ee:ff:00", None),
-    ("aabbccddeeff", None),
-    ("aa:bb:cc:dd:ee:f", None),
-    ("garbage", None),
-    ("", None),
-    (None, None),
-])
-def test_normalize_device_id(value, expected):
-    assert normalize_device_id(value) == expected
 
 
 # ---- emotions ---------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ async def test_calls_beyond_the_queue_are_refused_at_once(tmp_path):
     assert not any(call.done() for call in calls)
     release.touch()
     assert await asyncio.gather(*calls) == ["released"] * 3
-    stats = svc.occupancy()
-    assert stats["rejected"] == 1 and stats["completed"] == 3 and stats["active"] == 0 and stats["queued"] == 0
+    occupancy = svc.occupancy()
+    assert occupancy["rejected"] == 1 and occupancy["completed"] == 3 and occupancy["active"] == 0 and occupancy["queued"] == 0
 
 
 async def test_a_device_over_its_share_is_refused_and_counted_while_others_are_served(tmp_path):
@@ -58,8 +58,8 @@ async def test_a_device_over_its_share_is_refused_and_counted_while_others_are_s
     assert await asyncio.gather(first, other) == ["released", "released"]
     # once its call is over the device may call again
     assert await svc.call("probe.sleep", 0, owner="device-a") == 0
-    stats = svc.occupancy()
-    assert stats["rejected"] == 1 and stats["rejected_per_device"] == 1 and stats["completed"] == 3
+    occupancy = svc.occupancy()
+    assert occupancy["rejected"] == 1 and occupancy["rejected_per_device"] == 1 and occupancy["completed"] == 3
 
 
 async def test_waiting_calls_run_in_arrival_order(tmp_path):
@@ -83,10 +83,10 @@ async def test_a_call_nobody_answers_times_out_and_frees_its_place():
     svc = service(name="nobody" if CELERY else "test", timeout=0.3, queue_size=0)
     with pytest.raises(ServiceTimeout):
         await svc.call("probe.sleep", 2.0)
-    stats = svc.occupancy()
-    assert stats["timed_out"] == 1
+    occupancy = svc.occupancy()
+    assert occupancy["timed_out"] == 1
     if CELERY:  # the caller's place is free again at once (a local thread still runs its call)
-        assert stats["active"] == 0 and stats["queued"] == 0
+        assert occupancy["active"] == 0 and occupancy["queued"] == 0
 
 
 async def test_a_stream_yields_items_and_stops_its_producer_when_abandoned(tmp_path):
@@ -155,6 +155,35 @@ async def test_binary_arguments_and_results_cross_the_seam_intact():
     assert frames and all(isinstance(f, bytes) for f in frames)
     decoder = OpusDecoder(16000, 1)
     assert sum(len(decoder.decode(f)) for f in frames) >= 16000 * 0.7 and decoder.errors == 0
+
+
+def test_both_backends_are_the_declared_service():
+    from voice.workers import InProcessService, Service
+    from voice.workers.celery_service import CeleryService
+    from voice.workers.local import LocalService
+
+    limits = ServiceLimits("test", 1, 2, 5.0, pool_size=1)
+    local, remote = LocalService(limits), CeleryService(limits)
+    try:
+        assert isinstance(local, Service) and isinstance(remote, Service)
+        assert isinstance(local, InProcessService) and not isinstance(remote, InProcessService)
+        assert isinstance(make_service(service_limits("vad"), backend="celery"), LocalService)  # the VAD stays here
+    finally:
+        local.shutdown()
+        remote.shutdown()
+
+
+def test_monitoring_reads_the_services_without_building_them(monkeypatch):
+    from monitoring.collectors import service_occupancy
+    from voice.workers import base, built_services
+
+    monkeypatch.setattr(base, "_built", None)
+    assert service_occupancy() == {} and built_services() == {} and base._built is None
+    fake = {"asr": service(name="asr")}
+    monkeypatch.setattr(base, "_built", fake)
+    assert services() is fake and set(service_occupancy()) == {"asr"}
+    assert service_occupancy()["asr"]["active"] == 0
+    fake["asr"].shutdown()
 
 
 async def test_unknown_operations_are_refused_with_their_name():

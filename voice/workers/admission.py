@@ -1,4 +1,4 @@
-"""Admission and statistics shared by every backend of the dispatch seam.
+"""Admission and occupancy figures shared by every backend of the dispatch seam.
 
 A call is admitted only if ``max_concurrent + queue_size`` calls are not already in the service
 and its device (the owner) has fewer than ``per_device`` calls there; otherwise it is refused at
@@ -27,7 +27,9 @@ class ServiceTimeout(TimeoutError):
 
 
 @dataclass
-class ServiceStats:
+class Occupancy:
+    """What a service holds now (active, queued) and has done (counters): ``Service.occupancy()``."""
+
     active: int = 0
     queued: int = 0
     completed: int = 0
@@ -60,7 +62,7 @@ class Admission:
     def __init__(self, limits: ServiceLimits):
         self.limits = limits
         self._lock = threading.Lock()
-        self._stats = ServiceStats()
+        self._occupancy = Occupancy()
         self._in_service = 0
         self._per_owner: Counter[str] = Counter()
 
@@ -68,26 +70,26 @@ class Admission:
         limits = self.limits
         with self._lock:
             if self._in_service >= limits.max_concurrent + limits.queue_size:
-                self._stats.rejected += 1
+                self._occupancy.rejected += 1
                 raise ServiceBusy(f"{limits.name} service is busy ({self._in_service} calls in service)")
             per_device = limits.per_device
             if owner is not None and per_device is not None and self._per_owner[owner] >= per_device:
-                self._stats.rejected += 1
-                self._stats.rejected_per_device += 1
+                self._occupancy.rejected += 1
+                self._occupancy.rejected_per_device += 1
                 raise ServiceBusy(f"{limits.name} service: device {owner} already has {per_device} call(s) in service")
             self._in_service += 1
-            self._stats.queued += 1
+            self._occupancy.queued += 1
             if owner is not None:
                 self._per_owner[owner] += 1
         return Ticket(self, owner)
 
     def count_timeout(self) -> None:
         with self._lock:
-            self._stats.timed_out += 1
+            self._occupancy.timed_out += 1
 
     def occupancy(self) -> dict:
         with self._lock:
-            return self._stats.as_dict(self.limits.max_concurrent)
+            return self._occupancy.as_dict(self.limits.max_concurrent)
 
 
 class Ticket:
@@ -107,7 +109,7 @@ class Ticket:
         with self.admission._lock:
             if self._finished:
                 return
-            s = self.admission._stats
+            s = self.admission._occupancy
             s.queued -= 1
             s.active += 1
             s.wait_seconds += max(waited if waited is not None else self.started - self.enqueued, 0.0)
@@ -133,7 +135,7 @@ class Ticket:
                 return
             self._finished = True
             self._leave_locked()
-            s = self.admission._stats
+            s = self.admission._occupancy
             if self.started is None:  # never ran (cancelled or timed out while queued)
                 s.queued -= 1
             else:

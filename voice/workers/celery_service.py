@@ -78,7 +78,7 @@ def unpack(blob: bytes) -> list:
 
 
 class CeleryService:
-    """The same interface as ``LocalService`` (``call``, ``stream``, ``stats``), run by workers."""
+    """A ``voice.workers.base.Service``, as ``LocalService`` is, whose calls Celery workers run."""
 
     def __init__(self, limits: ServiceLimits, queue: str | None = None):
         self.limits = limits

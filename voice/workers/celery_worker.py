@@ -7,9 +7,9 @@ the call's cancel key and deadline before starting and between items, so a call 
 on frees the worker slot at once.
 
 Workers load and warm the models of the queues they consume when they start (``worker_init`` for
-the threads/solo pools, ``worker_process_init`` in each prefork child), so the first call is fast::
-
-    celery -A xiaozhi worker -Q voice.asr,voice.llm,voice.tts --pool threads --concurrency 4
+the threads/solo pools, ``worker_process_init`` in each prefork child), so the first call is fast.
+Start them with ``manage.py voice_worker asr llm tts``: one worker process per service, each taking
+its service's ``max_concurrent`` calls (the command's docstring says why not one worker for all).
 """
 from __future__ import annotations
 

@@ -37,10 +37,6 @@ class DeadlineExecutor:
             self._ready.notify()
         return future
 
-    def waiting(self) -> int:
-        with self._ready:
-            return len(self._heap)
-
     def _work(self) -> None:
         while True:
             with self._ready:

@@ -9,23 +9,24 @@ plain callable for work bound to per-session state that stays in this process (t
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
-from voice.conf import SERVICES, ServiceLimits, service_limits
+from voice.conf import ServiceLimits
 from voice.workers import operations
 from voice.workers.admission import Admission, ServiceBusy, ServiceTimeout, StreamClock, Ticket
 from voice.workers.deadline_executor import DeadlineExecutor
 
-__all__ = ["LocalService", "ServiceBusy", "ServiceTimeout", "services", "run_blocking"]
+__all__ = ["LocalService", "ServiceBusy", "ServiceTimeout"]
 
 log = logging.getLogger(__name__)
 
 
 class LocalService:
+    """A ``voice.workers.base.Service`` (and ``InProcessService``) on this process's threads."""
+
     def __init__(self, limits: ServiceLimits):
         self.limits = limits
         self.name = limits.name
@@ -150,28 +151,3 @@ class LocalService:
 def _retrieve(future) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def make_service(limits: ServiceLimits, backend: str | None = None):
-    """A service of the configured backend (``XIAOZHI_WORKER_BACKEND``). The VAD always runs here:
-    it keeps per-session state and costs ~0.3 ms a chunk, less than a round trip to a worker."""
-    from django.conf import settings
-
-    backend = backend or getattr(settings, "XIAOZHI_WORKER_BACKEND", "local")
-    if backend == "celery" and limits.name != "vad":
-        from voice.workers.celery_service import CeleryService
-
-        return CeleryService(limits)
-    return LocalService(limits)
-
-
-@functools.cache
-def services() -> dict:
-    """The per-process services, built from performance.yaml on first use (kept here, in one
-    cache, whichever backend serves them: monitoring reads ``services.cache_info()``)."""
-    return {name: make_service(service_limits(name)) for name in SERVICES}
-
-
-async def run_blocking(fn: Callable, *args):
-    """For light blocking work that belongs to no model service (e.g. Opus encoding of a sentence)."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from voice import live_stats
 from voice.pipeline.listener import DecodedBatch, Listener, SpeechStarted, Utterance
-from voice.workers import ServiceBusy
+from voice.workers import InProcessService, ServiceBusy
 
 MODES = ("cross_session", "session", "packet")
 MAX_SESSIONS_PER_CYCLE = 256
@@ -54,10 +54,10 @@ async def hear(listener: Listener, packets: list[tuple[bytes, float]], owner: st
     return events
 
 
-def _vad_service():
+def _vad_service() -> InProcessService:
     from voice.workers import services
 
-    return services()["vad"]
+    return services()["vad"]  # always a LocalService (make_service): the VAD keeps per-session state
 
 
 async def _run_on_vad_service(fn, *args):

@@ -1,7 +1,7 @@
 """A scripted xiaozhi server: the server side of the protocol with fixed delays and audio timing.
 
 For the load test's own tests (known TTFA, bursts, starvation) and for checking the generator's
-own capacity without a real server's cost: ``python -m voice.loadtest.scripted --port 8765``.
+own capacity without a real server's cost: ``python -m loadtest.tests.scripted --port 8765``.
 """
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from voice.loadtest.playout import simulate
+from loadtest.playout import simulate
 from voice.pipeline.turn import BUSY_REPLY
 from voice.protocol import ServerHello, Stt, Tts
-from voice.simulated_device import SimulatedDevice
+from loadtest.simulated_device import SimulatedDevice
 
 
 @dataclass
@@ -174,7 +174,7 @@ class Run:
     async def _hello(self, device: SimulatedDevice):
         """Send hello on the already open link (connect() was told not to) and wait for the answer."""
         from voice.protocol import AudioParams, Hello, encode
-        from voice.simulated_device import UPLINK_RATE
+        from loadtest.simulated_device import UPLINK_RATE
 
         await device.send_json(encode(Hello(version=device.binary_version, features={"mcp": True},
                                             audio_params=AudioParams("opus", UPLINK_RATE, 1, 60))))
@@ -240,7 +240,7 @@ class Run:
         return row
 
     def progress(self) -> str:
-        from voice.loadtest.report import percentile
+        from voice.percentile import percentile
 
         ttfa = [t.get("ttfa_ms") for t in self.turns]
         p50, p95 = percentile(ttfa, 0.5), percentile(ttfa, 0.95)

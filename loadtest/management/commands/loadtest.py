@@ -1,6 +1,6 @@
 """``manage.py loadtest``: many simulated devices against a xiaozhi-compatible server.
 
-Thin: options -> ``voice.loadtest`` (generator, playout, report). Utterances are synthesised and
+Thin: options -> ``loadtest`` (generator, playout, report). Utterances are synthesised and
 Opus-encoded before the run so the generator spends its CPU on pacing, not encoding. Every run is
 stored as a ``LoadTestRun`` (admin, with a TTFA chart) and exits 1 when a configured target is missed.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from voice.loadtest.generator import Config, Run
-from voice.loadtest.report import Targets, build, table
+from loadtest.generator import Config, Run
+from loadtest.report import Targets, build, table
 
 DEFAULT_TEXTS = ["What is the capital of France?", "Tell me a joke.", "How far away is the moon?",
                  "What should I cook for dinner?"]
@@ -77,7 +77,7 @@ class Command(BaseCommand):
             raise CommandError("--stagger-ms must be >= 0 and needs --sync-start")
         server = contextlib.nullcontext(options["target"])
         if options["spawn_server"]:
-            from voice.loadtest.server import local_server
+            from loadtest.server import local_server
 
             server = local_server(options["spawn_server"])
         results = []
@@ -103,7 +103,7 @@ class Command(BaseCommand):
                     Path(path).write_text(json.dumps(report, indent=2))
                     self.stdout.write(f"report written to {path}")
                 if not options["no_store"]:
-                    from voice.models import LoadTestRun
+                    from loadtest.models import LoadTestRun
 
                     run = LoadTestRun.from_report(target, report)
                     self.stdout.write(f"stored as load-test run #{run.pk}")
@@ -121,8 +121,8 @@ class Command(BaseCommand):
                 k for k, v in results[0][1]["verdict"].items() if not v["passed"]))
 
     def utterances(self, options) -> list[list[bytes]]:
-        from voice.management.commands.talk import wav_frames
-        from voice.simulated_device import spoken_frames
+        from loadtest.management.commands.talk import wav_frames
+        from loadtest.simulated_device import spoken_frames
 
         texts = options["text"] or ([] if options["wav"] else DEFAULT_TEXTS)
         started = time.monotonic()

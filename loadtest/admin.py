@@ -4,8 +4,8 @@ from django.contrib import admin
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from voice.loadtest.chart import ttfa_svg
-from voice.models import LoadTestRun
+from loadtest.chart import ttfa_svg
+from loadtest.models import LoadTestRun
 
 
 @admin.register(LoadTestRun)
@@ -29,7 +29,7 @@ class LoadTestRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="summary")
     def summary(self, obj):
-        from voice.loadtest.report import table
+        from loadtest.report import table
 
         try:
             return format_html("<pre>{}</pre>", table(obj.report))

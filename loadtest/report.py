@@ -5,27 +5,18 @@ from stored turns.
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
+
+from voice.percentile import percentile
 
 LATE_FLAG_MS = 30.0  # the pacing loop is "behind" when a frame leaves this much after its slot
 
 LATENCY_KEYS = ["connect_ms", "hello_ms", "stt_ms", "tts_start_ms", "ttfa_ms"]
 
 
-def percentile(values, q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default), None for no values."""
-    values = sorted(v for v in values if v is not None)
-    if not values:
-        return None
-    k = (len(values) - 1) * q
-    lo = math.floor(k)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def stats(values) -> dict:
+def summarize(values) -> dict:
+    """Count, p50/p95/p99 (``voice.percentile``), max and mean of one figure, rounded to 0.1 ms."""
     values = [v for v in values if v is not None]
     if not values:
         return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
@@ -59,9 +50,9 @@ def build(devices: list[dict], turns: list[dict], lateness_ms: list[float], sett
     overflows = sum(t.get("overflows", 0) for t in turns)
     received = sum(t.get("audio_frames", 0) for t in turns)
     expected = settings.get("expect_audio_seconds")
-    figures = {key: stats([t.get(key) for t in (devices if key in ("connect_ms", "hello_ms") else turns)])
+    figures = {key: summarize([t.get(key) for t in (devices if key in ("connect_ms", "hello_ms") else turns)])
                for key in LATENCY_KEYS}
-    figures["send_lateness_ms"] = stats(lateness_ms)
+    figures["send_lateness_ms"] = summarize(lateness_ms)
     late = figures["send_lateness_ms"]
     error_rate = (sum(errors.values()) / attempts) if attempts else 0.0
     upm = underruns / (played_seconds / 60) if played_seconds else 0.0

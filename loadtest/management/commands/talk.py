@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from voice.audio.opus import OpusDecoder, OpusEncoder
 from voice.audio.resample import resample
-from voice.simulated_device import UPLINK_RATE, SimulatedDevice, spoken_frames
+from loadtest.simulated_device import UPLINK_RATE, SimulatedDevice, spoken_frames
 
 
 def wav_frames(path: str) -> list[bytes]:

@@ -22,6 +22,9 @@ class LoadTestRun(models.Model):
     report = models.JSONField(default=dict, blank=True)
 
     class Meta:
+        # The table keeps the name it had when the model lived in the voice app, so existing
+        # databases keep their runs (the move was a state-only migration on both sides).
+        db_table = "voice_loadtestrun"
         ordering = ["-created_at"]
         verbose_name = "load-test run"
 
