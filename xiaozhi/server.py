@@ -16,6 +16,8 @@ Daphne (Twisted and autobahn, below Channels) leaves three doors open, each prob
   ``server.max_queued_frames`` frames or ``server.max_queued_bytes`` bytes wait, and is read again
   when half have been taken: a fast sender is slowed by TCP, and nothing it sent is lost.
 
+Each refusal is counted (``http_requests_timed_out``, ``http_heads_too_large``, ``http_bad_requests``,
+``ws_reads_paused`` in voice.live_stats) rather than logged: a hostile client would fill the log.
 The limits live in performance.yaml's ``server`` section. Everything else is Daphne's own: its
 command line (-b, -p, -u, --proxy-headers, ...); the application defaults to ours.
 """
@@ -96,8 +98,9 @@ class LimitedHTTPChannel(http.HTTPChannel):
         if not self._started:  # an idle kept-alive connection: nothing to answer
             self.loseConnection()
             return
-        log.info("closing %s: no complete request within %s s (server.request_timeout)",
-                 self.transport.getPeer(), self.request_timeout)
+        live_stats.incr("http_requests_timed_out")
+        log.debug("closing %s: no complete request within %s s (server.request_timeout)",
+                  self.transport.getPeer(), self.request_timeout)
         self._refuse(408, b"Request Timeout", f"The request did not arrive within {self.request_timeout:g} s.",
                      linger=False)
 
@@ -114,11 +117,13 @@ class LimitedHTTPChannel(http.HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self):
         """Twisted's answer to a malformed request (a bare 400 and an abrupt close), with a body and a linger."""
+        live_stats.incr("http_bad_requests")
         self._refuse(400, b"Bad Request", "Malformed HTTP request.")
 
     def _refuse_too_large(self):
-        log.info("refusing %s: request head over %d bytes (server.max_header_bytes)",
-                 self.transport.getPeer(), self.totalHeadersSize)
+        live_stats.incr("http_heads_too_large")
+        log.debug("refusing %s: request head over %d bytes (server.max_header_bytes)",
+                  self.transport.getPeer(), self.totalHeadersSize)
         self._refuse(431, b"Request Header Fields Too Large",
                      f"The request line and headers must fit in {self.totalHeadersSize} bytes.")
 
