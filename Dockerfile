@@ -11,4 +11,5 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorc
 COPY . .
 ENV XIAOZHI_DATA_DIR=/data
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "xiaozhi.asgi:application"]
+# Daphne with the transport limits of performance.yaml's server section (xiaozhi/server.py).
+CMD ["python", "-m", "xiaozhi.server", "-b", "0.0.0.0", "-p", "8000"]

@@ -36,8 +36,9 @@ $(STAMP): requirements.txt Makefile
 migrate: setup
 	$(PY) manage.py migrate --noinput
 
+# Daphne with the transport limits of performance.yaml's server section (xiaozhi/server.py).
 run: migrate
-	$(VENV)/bin/daphne -b 0.0.0.0 -p $(PORT) xiaozhi.asgi:application
+	$(PY) -m xiaozhi.server -b 0.0.0.0 -p $(PORT)
 
 # With Redis configured (CI always), the pipeline tests run a second time with the model calls on
 # real Celery workers laid out as in production (`manage.py voice_worker asr llm tts`, started by

@@ -158,7 +158,7 @@ def _server_pid() -> int:
     import psutil
 
     for child in psutil.Process().children(recursive=True):
-        if "daphne" in " ".join(child.cmdline()):
+        if "xiaozhi.server" in " ".join(child.cmdline()):
             return child.pid
     raise RuntimeError("the Daphne process was not found")
 

@@ -67,7 +67,7 @@ def start_server(env: dict) -> tuple[subprocess.Popen, str]:
 
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "xiaozhi.asgi:application"],
+    process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):

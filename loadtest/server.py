@@ -42,8 +42,7 @@ def local_server(profile: str = "bundled", env: dict | None = None, startup_time
                    capture_output=True)
     port = free_port()
     log = open(log_path or workdir / "daphne.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                                "xiaozhi.asgi:application"], cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_timeout

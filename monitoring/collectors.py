@@ -108,8 +108,11 @@ def database() -> dict:
 
     since = timezone.now() - timedelta(seconds=settings.XIAOZHI_MONITORING_ERROR_WINDOW_SECONDS)
     recent = Turn.objects.filter(created_at__gte=since)
+    aborted = recent.filter(error=live_stats.ABORTED).count()
     return {
         "devices_online": Device.objects.filter(online=True).count(),
         "turns_window": recent.count(),
-        "errors_window": recent.exclude(error="").count(),
+        # A turn its user cut short (barge-in) is an abort, not a failure: it must not raise the error rate.
+        "errors_window": recent.exclude(error="").count() - aborted,
+        "aborts_window": aborted,
     }

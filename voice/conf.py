@@ -49,7 +49,9 @@ SERVICE_KEYS = {
     "per_device": Key(int, 1, required=False),  # calls one device may have in the service; absent = no limit
 }
 SECTIONS = {
-    "server": {"max_connections": Key(int, 1), "connection_timeout": Key(float, 0.1)},
+    "server": {"max_connections": Key(int, 1), "connection_timeout": Key(float, 0.1),
+               "request_timeout": Key(float, 0.1), "max_header_bytes": Key(int, 1024),
+               "max_queued_frames": Key(int, 1), "max_queued_bytes": Key(int, 1024)},
     **{f"services.{name}": SERVICE_KEYS for name in SERVICES},
     "database": {"conn_max_age": Key(int, 0), "conn_health_checks": Key(bool), "connect_timeout": Key(int, 1)},
     "redis": {
@@ -228,6 +230,11 @@ class ServiceLimits:
 class ServerLimits:
     max_connections: int  # sockets per process; the next is refused with 4503
     connection_timeout: float  # seconds from the socket's arrival to its hello
+    # The transport (xiaozhi/server.py), below Channels:
+    request_timeout: float  # seconds for a whole HTTP request (head and body) to arrive, else 408 and close
+    max_header_bytes: int  # request line and headers; more is answered 431 and closed
+    max_queued_frames: int  # WebSocket frames waiting for the application, per connection, before the
+    max_queued_bytes: int  # socket is no longer read (TCP slows the sender) until half have been taken
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,17 @@ from voice.pipeline.turn_row import TurnRow
 
 SAMPLE_WINDOW = 1000  # latest samples kept per latency figure
 
+# The error a turn cut short by its user carries (barge-in, an ``abort`` message): counted as an abort,
+# never as a turn error, so ordinary interruptions do not raise the error-rate alert.
+ABORTED = "aborted"
+# Gauges count live things (sockets, turns, queued packets): only their owners move them, and a
+# figures reset leaves them, or they would read 0 with devices connected and go negative when they leave.
+LIVE_GAUGES = ("connected_devices", "active_turns", "vad_pending_packets")
+
 _lock = threading.Lock()
 _counters: collections.Counter = collections.Counter()
 # vad_pending_packets: uplink packets queued for the VAD in all sessions (voice/pipeline/packet_queue.py).
-_gauges: dict[str, float] = {"connected_devices": 0, "active_turns": 0, "vad_pending_packets": 0}
+_gauges: dict[str, float] = dict.fromkeys(LIVE_GAUGES, 0)
 _samples: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=SAMPLE_WINDOW))
 _turn_times: collections.deque = collections.deque(maxlen=10000)  # monotonic end times, for turns/minute
 
@@ -45,11 +52,14 @@ def observe(name: str, value_ms: float) -> None:
 
 
 def turn_finished(row: TurnRow) -> None:
-    """Record one finished turn's stage marks (ms after end of speech) and its outcome."""
+    """Record one finished turn's stage marks (ms after end of speech) and its outcome: an error
+    (``turn_errors`` and ``errors:<stage>``) or an abort by its user (``turn_aborts``)."""
     with _lock:
         _turn_times.append(time.monotonic())
         _counters["turns"] += 1
-        if row.error:
+        if row.error == ABORTED:
+            _counters["turn_aborts"] += 1
+        elif row.error:
             _counters["turn_errors"] += 1
             _counters[f"errors:{row.error.split(':')[0]}"] += 1
         for key, value in row.latencies().items():
@@ -73,9 +83,20 @@ def snapshot(window_seconds: float = 300.0) -> dict:
 
 
 def reset() -> None:
+    """Start the counters and latency samples afresh (``POST /api/performance/reset/``). The gauges
+    stay: they count what is live now, and their owners take back exactly what they added."""
     with _lock:
         _counters.clear()
         _samples.clear()
         _turn_times.clear()
-        for key in _gauges:
+
+
+def clear() -> None:
+    """Everything back to a fresh process, gauges included: for test isolation only, where no
+    connection outlives the test that opened it."""
+    with _lock:
+        _counters.clear()
+        _samples.clear()
+        _turn_times.clear()
+        for key in list(_gauges):
             _gauges[key] = 0

@@ -19,12 +19,12 @@ def seed_rules():
 def clean_monitoring(settings, request):
     settings.XIAOZHI_MONITORING_REDIS_PREFIX = f"test-monitoring-{uuid.uuid4().hex[:8]}:"
     settings.XIAOZHI_MONITORING_WEBHOOK_URL = ""
-    live_stats.reset()
+    live_stats.clear()
     if request.node.get_closest_marker("django_db") or "live_server" in request.fixturenames:
         request.getfixturevalue("live_server" if "live_server" in request.fixturenames else "db")
         seed_rules()
     yield
-    live_stats.reset()
+    live_stats.clear()
     from monitoring import aggregate
 
     client = aggregate.redis_client()

@@ -24,7 +24,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Daphne serving the project on a free port, with its own migrated database."""
+    """The production server (Daphne with our transport limits) on a free port, with its own migrated database."""
     env = dict(os.environ)
     if not env.get("DATABASE_URL"):
         env["SQLITE_PATH"] = str(tmp_path_factory.mktemp("e2e") / "db.sqlite3")
@@ -34,7 +34,7 @@ def server(tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("logs") / "daphne.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "xiaozhi.asgi:application"],
+        [sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
