@@ -60,7 +60,7 @@ class SessionState(str, Enum):
     SPEAKING = "speaking"
 
 
-IDLE, LISTENING, THINKING, SPEAKING = SessionState
+IDLE, LISTENING, THINKING, SPEAKING = SessionState.IDLE, SessionState.LISTENING, SessionState.THINKING, SessionState.SPEAKING
 
 
 @dataclass
