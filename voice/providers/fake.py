@@ -86,23 +86,33 @@ class FakeTTS:
 
 
 class FakeVAD:
-    """Any sound is voice: one score per 32 ms chunk, 1.0 where the chunk's RMS passes
-    ``level``, else 0.0 (float32 PCM in [-1, 1]). Stateless, so a stream is the model itself."""
+    """Any sound is voice: a score per full 32 ms chunk, 1.0 where the chunk's RMS passes ``level``,
+    else 0.0 (float32 PCM in [-1, 1]), so tests of the conversation need no Silero."""
 
     name = "fake"
-    CHUNK = 512  # samples at 16 kHz, as Silero's
+    sample_rate = 16000
 
     def __init__(self, level: float = 0.01):
         self.level = level
 
-    def new_stream(self) -> FakeVAD:
-        return self
+    def new_stream(self) -> FakeVADStream:
+        return FakeVADStream(self.level)
+
+
+class FakeVADStream:
+    CHUNK = 512  # samples, as Silero's
+
+    def __init__(self, level: float):
+        self.level = level
+        self._rest = np.zeros(0, np.float32)
 
     def probabilities(self, pcm: np.ndarray) -> list[float]:
-        pcm = np.asarray(pcm, dtype=np.float32)
-        chunks = max(len(pcm) // self.CHUNK, 1)
-        return [1.0 if float(np.sqrt(np.mean(np.square(c)))) > self.level else 0.0
-                for c in np.array_split(pcm, chunks) if c.size] or [0.0]
+        """A score per full chunk fed so far; a shorter remainder waits for the next call."""
+        pcm = np.concatenate([self._rest, np.asarray(pcm, dtype=np.float32)])
+        full = len(pcm) // self.CHUNK * self.CHUNK
+        self._rest = pcm[full:]
+        chunks = pcm[:full].reshape(-1, self.CHUNK)
+        return [1.0 if rms > self.level else 0.0 for rms in np.sqrt(np.mean(np.square(chunks), axis=1))]
 
     def reset(self) -> None:
-        pass
+        self._rest = np.zeros(0, np.float32)

@@ -1,9 +1,12 @@
 """The conversation's logic on a scripted timeline: the real session, listener, pacer, turn and
 dispatch seam, with the scripted fake providers and no socket (``harness.py``), a few seconds in
 all. The same paths run on the bundled models over the real ASGI app in ``test_conversation.py``."""
+import numpy as np
+
 from voice.pipeline.turn import BUSY_REPLY, ERROR_REPLY
 from voice.protocol import CloseCode
-from voice.providers.fake import FakeLLM, FakeTTS
+from voice.providers.base import VADModel, VADStream
+from voice.providers.fake import FakeLLM, FakeTTS, FakeVAD
 from voice.tests.harness import Conversation, dump
 
 QUESTION = "What time is it?"
@@ -48,7 +51,8 @@ async def test_abort_stops_the_reply_once_and_keeps_listening():
 
 
 async def test_an_interrupted_reply_is_kept_as_far_as_it_was_heard():
-    async with Conversation(llm=FakeLLM(TWO_SENTENCES)) as c:
+    # 1.4 s of first sentence: the abort lands in it even on a loaded machine
+    async with Conversation(llm=FakeLLM(TWO_SENTENCES), tts=FakeTTS(seconds_per_word=0.1)) as c:
         await c.listen("start", "auto")
         c.say(0.3)
         await c.until("audio")  # the first sentence is playing; the second is still in the queue
@@ -61,18 +65,21 @@ async def test_an_interrupted_reply_is_kept_as_far_as_it_was_heard():
 
 
 async def test_speech_over_the_reply_in_realtime_mode_is_barge_in():
-    async with Conversation(llm=FakeLLM(LONG_FIRST)) as c:
+    async with Conversation(llm=FakeLLM(LONG_FIRST), tts=FakeTTS(seconds_per_word=0.06)) as c:
         await c.listen("start", "realtime")
         c.say(0.3)
         await c.until("audio")
         barge_in = len(c.sent)
         c.say(0.3)  # the user talks over the answer
         stop = await c.until("tts", "stop")
-        assert c.sent.index(stop) == barge_in, dump(c.sent)  # stopped before anything else went out
-        await c.until("tts", "stop", after=barge_in + 1)
+        at_stop = c.sent.index(stop)
+        # while the VAD heard the new speech, only the answer's audio went on
+        assert {sent.kind for sent in c.sent[barge_in:at_stop]} <= {"audio"}, dump(c.sent)
+        await c.until("tts", "stop", after=at_stop + 1)
         first, second = await c.turns_recorded(2)
-        assert c.labels(since=barge_in) == ["tts:stop", "stt", "tts:start", "llm", "tts:sentence_start", "audio",
-                                            "tts:stop"], dump(c.sent)
+        assert c.labels(since=at_stop) == ["tts:stop", "stt", "tts:start", "llm", "tts:sentence_start", "audio",
+                                           "tts:stop"], dump(c.sent)
+        assert c.count("tts:start") == 2 and c.count("tts:stop") == 2
         assert (first.interrupted, first.error, first.reply_text) == (True, "aborted", LONG_FIRST)
         assert (second.interrupted, second.error, second.reply_text) == (False, "", LONG_FIRST)
         assert c.session.state == "listening"
@@ -154,3 +161,12 @@ async def test_no_hello_in_time_closes_the_socket():
     async with Conversation(hello=False, hello_timeout=0.05) as c:
         closed = await c.until("close")
         assert closed.message == (CloseCode.HELLO_TIMEOUT, "no hello")
+
+
+def test_the_fake_vad_is_a_vad():
+    vad = FakeVAD()
+    assert isinstance(vad, VADModel) and isinstance(vad.new_stream(), VADStream)
+    stream = vad.new_stream()
+    tone = np.sin(np.arange(960, dtype=np.float32) / 5) * 0.3
+    assert stream.probabilities(tone) == [1.0]  # one full chunk; 448 samples wait
+    assert stream.probabilities(np.zeros(960, np.float32)) == [1.0, 0.0]  # the rest of the tone, then silence
