@@ -17,6 +17,7 @@ the conversation began), and in which state the session was as it sent it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass, field
@@ -153,7 +154,9 @@ class Conversation:
             service.shutdown()
 
     async def _on_turn(self, record: TurnRecord) -> None:
-        self.records.append(record)
+        # A copy: what is stored is the record as it was when handed over, not as it became later.
+        self.records.append(dataclasses.replace(record, marks=dict(record.marks),
+                                                model_seconds=dict(record.model_seconds)))
         self._recorded.set()
 
     # -- the timeline -------------------------------------------------------------------------------------
