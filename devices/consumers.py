@@ -78,6 +78,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             asr_provider=agent.get("asr_provider") or None,
             llm_provider=agent.get("llm_provider") or None,
             tts_provider=agent.get("tts_provider") or None,
+            llm_model=agent.get("llm_model") or None,
         )
         if agent.get("system_prompt"):
             config.system_prompt = agent["system_prompt"]

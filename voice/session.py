@@ -1,10 +1,12 @@
 """One device connection's conversation: idle / listening / thinking / speaking.
 
-The consumer hands every frame here and returns at once. The session owns three kinds of task:
-the input task (decode + VAD on the VAD worker, a batch of packets at a time), at most one turn
-task, and the pacer. ``abort``, barge-in and disconnect cancel the turn task; the pacer then drops
-queued audio and sends ``tts stop`` exactly once. Sessions hold only their own state: models and
-worker pools are shared by the whole process.
+The consumer hands every frame here and returns at once; the session routes it and owns the tasks
+that act on it: the input task (decode + VAD on the VAD worker, a batch of packets at a time), at
+most one turn task, the pacer, and the watchdogs (``voice/watchdogs.py``). ``abort``, barge-in and
+disconnect cancel the turn task; the pacer then drops queued audio and sends ``tts stop`` exactly
+once. Whether the device is speaking is the pacer's to say (it sent ``tts start``); the session
+keeps only what it does itself (listening, thinking). Sessions hold only their own state: models
+and worker pools are shared by the whole process.
 """
 from __future__ import annotations
 
@@ -15,17 +17,19 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
+from voice import live_stats
+from voice.activation import ActivationPrompt
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
-from voice.workers.vad_batcher import hear
 from voice.pipeline.pacer import Pacer
-from voice.pipeline.turn import TurnDeps, TurnRecord, prefill_next_turn, run_turn, speak
+from voice.pipeline.turn import TurnDeps, TurnRecord, prefill_next_turn, run_turn
 from voice.protocol import (
-    CloseCode,
     Abort,
     AudioParams,
     BinaryFraming,
+    CloseCode,
     FrameError,
     Hello,
     Listen,
@@ -37,16 +41,27 @@ from voice.protocol import (
     negotiate_binary_version,
     parse_device_message,
 )
-from voice import live_stats
 from voice.providers import registry
-from voice.workers import ServiceBusy, ServiceTimeout, services
+from voice.watchdogs import IdleWatch, watch_hello
+from voice.workers import ServiceBusy, ServiceTimeout
+from voice.workers import services as default_services
+from voice.workers.vad_batcher import hear
 
 log = logging.getLogger(__name__)
 
-IDLE, LISTENING, THINKING, SPEAKING = "idle", "listening", "thinking", "speaking"
 MAX_PENDING_PACKETS = 200  # ~12 s of 60 ms audio waiting for the VAD worker; older packets are dropped
 MAX_BAD_FRAMES = 20  # consecutive undecodable frames before the socket is closed
-ACTIVATION_PROMPT_EVERY = 30.0
+
+
+class SessionState(str, Enum):
+    IDLE = "idle"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+IDLE, LISTENING, THINKING, SPEAKING = SessionState.IDLE, SessionState.LISTENING, SessionState.THINKING, SessionState.SPEAKING
+
 
 @dataclass
 class SessionConfig:
@@ -60,6 +75,7 @@ class SessionConfig:
     asr_provider: str | None = None
     llm_provider: str | None = None
     tts_provider: str | None = None
+    llm_model: str | None = None  # for LLMs that serve several models (openai); None: the provider's own
     output_sample_rate: int = 24000
     hello_timeout: float = 10.0
     idle_timeout: float = 120.0
@@ -101,18 +117,20 @@ TurnCallback = Callable[[TurnRecord], Awaitable[None]]
 
 
 class VoiceSession:
-    def __init__(self, transport: Transport, config: SessionConfig, on_turn: TurnCallback | None = None):
+    def __init__(self, transport: Transport, config: SessionConfig, on_turn: TurnCallback | None = None,
+                 *, services: dict | None = None):
+        """``services``: the dispatch seam's services to call (default: the process's ``services()``)."""
         self.transport = transport
         self.config = config
         self.on_turn = on_turn
-        self.state = IDLE
+        self.services = services
         self.mode = "auto"
         self.framing: BinaryFraming | None = None  # set by hello
         self.closed = False
-        self.counters = collections.Counter()
-        self.pacer = Pacer(
-            transport.send_text, self._send_audio, lead_frames=config.pacer_lead_frames, on_speaking=self._on_speaking
-        )
+        # What the session is doing besides speaking (which the pacer knows): see ``state``.
+        self._phase = IDLE
+        self.pacer = Pacer(transport.send_text, self._send_audio, lead_frames=config.pacer_lead_frames,
+                           on_reply_ended=self._back_to_listening)
         self.listener = Listener(
             registry.get_vad(),
             silence_ms=config.vad_silence_ms,
@@ -120,19 +138,31 @@ class VoiceSession:
             max_seconds=config.max_utterance_seconds,
         )
         self.history: collections.deque = collections.deque(maxlen=config.history_turns)
+        self.idle = IdleWatch(config.idle_timeout, activated=config.activated,
+                              unbound_session_seconds=config.unbound_session_seconds)
+        self.activation = ActivationPrompt(config.activation_code)
         self._pending = PacketQueue(MAX_PENDING_PACKETS)
         self._audio_ready = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._turn: asyncio.Task | None = None
         self._bad_frames = 0
-        self._last_activity = time.monotonic()
-        self._last_prompt = 0.0
-        self._started = time.monotonic()
+
+    @property
+    def state(self) -> SessionState:
+        """Speaking while the pacer has a reply open (``tts start`` sent, ``tts stop`` not yet),
+        as the device is; otherwise idle, listening or thinking (a turn on its way to a reply)."""
+        return SPEAKING if self.pacer.speaking else self._phase
+
+    @property
+    def _resting(self) -> SessionState:
+        """Where a finished or aborted turn leaves the session: auto and realtime listen on."""
+        return LISTENING if self.mode in ("auto", "realtime") else IDLE
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._spawn(self._hello_watchdog(), "hello-watchdog")
-        self._spawn(self._idle_watchdog(), "idle-watchdog")
+        self._spawn(watch_hello(self.config.hello_timeout, lambda: self.framing is not None, self._close_socket),
+                    "hello-watchdog")
+        self._spawn(self.idle.run(lambda: self.state in (THINKING, SPEAKING), self._close_socket), "idle-watchdog")
         self._spawn(self._input_loop(), "input")
 
     async def close(self, reason: str = "") -> None:
@@ -160,14 +190,13 @@ class VoiceSession:
         return task
 
     def touch(self) -> None:
-        self._last_activity = time.monotonic()
+        self.idle.touch()
 
     # -- frames from the consumer -----------------------------------------------------------------------
     async def handle_text(self, text: str) -> None:
         try:
             message = parse_device_message(text)
         except ProtocolError as exc:
-            self.counters[f"bad_text:{exc.kind}"] += 1
             live_stats.incr(f"errors:bad_text:{exc.kind}")
             log.info("device %s sent a bad message (%s): %s", self.config.device_id, exc.kind, exc)
             if exc.kind == "too_large":
@@ -176,7 +205,7 @@ class VoiceSession:
         if isinstance(message, Hello):
             await self._on_hello(message)
         elif self.framing is None:
-            self.counters["before_hello"] += 1  # nothing but hello counts until hello
+            return  # nothing but hello counts until hello
         elif isinstance(message, Listen):
             await self._on_listen(message)
         elif isinstance(message, Abort):
@@ -188,24 +217,20 @@ class VoiceSession:
     def handle_binary(self, data: bytes) -> None:
         """Queue one uplink frame; never waits (the VAD worker drains the queue in batches)."""
         if self.framing is None:
-            self.counters["audio_before_hello"] += 1
             return
         try:
             frame = self.framing.decode(data)
         except FrameError as exc:
-            self.counters[f"bad_frame:{exc.kind}"] += 1
             live_stats.incr(f"errors:bad_frame:{exc.kind}")
             self._count_bad_frame(exc)
             return
         self._bad_frames = 0
         if frame.kind != "audio":
             return
-        if self.state == LISTENING or (self.mode == "realtime" and self.state in (THINKING, SPEAKING)):
-            if not self._pending.put(frame.payload, time.monotonic()):
-                self.counters["audio_dropped"] += 1
+        state = self.state
+        if state == LISTENING or (self.mode == "realtime" and state in (THINKING, SPEAKING)):
+            self._pending.put(frame.payload, time.monotonic())  # a full queue drops its oldest (counted there)
             self._audio_ready.set()
-        else:
-            self.counters["audio_ignored"] += 1
 
     def _count_bad_frame(self, exc: ProtocolError) -> None:
         """A bad frame is dropped; a run of them means a broken or hostile client: close."""
@@ -230,9 +255,9 @@ class VoiceSession:
             self.mode = listen.mode or "auto"
             self.listener.reset(self.mode)
             self._pending.clear()
-            self.state = LISTENING
+            self._phase = LISTENING
             if not self.config.activated:
-                await self._prompt_activation()
+                await self.activation.say(self._deps())
         elif listen.state == "stop":
             if self.state == LISTENING:
                 await self._drain_input()
@@ -240,7 +265,7 @@ class VoiceSession:
                 if utterance is not None:
                     self._start_turn(utterance)
                 elif self.mode == "manual":
-                    self.state = IDLE
+                    self._phase = IDLE
         elif listen.state == "detect":
             # The wake word itself was just streamed: do not answer it as a question.
             self.listener.reset()
@@ -249,15 +274,20 @@ class VoiceSession:
     async def abort(self, reason: str) -> None:
         turn, self._turn = self._turn, None
         if turn and not turn.done():
-            turn.cancel()
+            turn.cancel()  # the turn keeps what was heard of its reply (``run_turn``)
             await asyncio.wait({turn}, timeout=1.0)  # never let a slow unwind delay the stop
-        await self.pacer.interrupt()
+        playback = await self.pacer.interrupt()
+        self._back_to_listening()
+        live_stats.incr("aborts")
+        log.info("session %s: turn aborted (%s) after %.2f s of its reply", self.config.session_id, reason,
+                 playback.played_seconds)
+
+    def _back_to_listening(self) -> None:
+        """The reply ended (``tts stop`` sent) or a turn ended without one: like the device, back to
+        listening (auto, realtime) or idle (manual), with nothing half-heard kept."""
+        self._phase = self._resting
         self.listener.reset()
         self._pending.clear()
-        self.state = LISTENING if self.mode in ("auto", "realtime") else IDLE
-        self.counters["aborts"] += 1
-        live_stats.incr("aborts")
-        log.info("session %s: turn aborted (%s)", self.config.session_id, reason)
 
     # -- input: decode + VAD off the loop -------------------------------------------------------------------
     async def _input_loop(self) -> None:
@@ -295,7 +325,6 @@ class VoiceSession:
                 self._start_turn(event)
 
     def _lost_audio(self, batch: list, exc: Exception) -> None:
-        self.counters["audio_lost"] += len(batch)
         live_stats.incr("audio_lost", len(batch))
         live_stats.incr(f"errors:vad:{type(exc).__name__}")
         log.warning("session %s: %d audio packets lost: %s", self.config.session_id, len(batch), exc)
@@ -303,23 +332,21 @@ class VoiceSession:
     # -- turns ------------------------------------------------------------------------------------------------
     def _start_turn(self, utterance: Utterance) -> None:
         self.touch()
+        if not self.config.activated:
+            self._turn = self._spawn(self.activation.say(self._deps(), force=True), "activation")
+            return
         now_loop = asyncio.get_running_loop().time()
         ago = time.monotonic() - utterance.speech_end
         record = TurnRecord(speech_end=now_loop - ago, speech_end_wall=time.time() - ago)
-        if not self.config.activated:
-            self._turn = self._spawn(self._prompt_activation(force=True), "activation")
-            return
-        self.state = THINKING
+        self._phase = THINKING
         self._turn = self._spawn(self._turn_task(utterance, record), "turn")
 
     def _deps(self) -> TurnDeps:
-        from django.conf import settings
-
         return TurnDeps(
-            services=services(),
-            asr=self.config.asr_provider or settings.XIAOZHI_ASR_PROVIDER,
-            llm=self.config.llm_provider or settings.XIAOZHI_LLM_PROVIDER,
-            tts=self.config.tts_provider or settings.XIAOZHI_TTS_PROVIDER,
+            services=self.services or default_services(),
+            asr=registry.resolve("asr", self.config.asr_provider),
+            llm=registry.resolve("llm", self.config.llm_provider),
+            tts=registry.resolve("tts", self.config.tts_provider),
             pacer=self.pacer,
             send_text=self.transport.send_text,
             output_rate=self.config.output_sample_rate,
@@ -327,6 +354,7 @@ class VoiceSession:
             voice=self.config.voice,
             history=self.history,
             device_id=self.config.device_id,
+            llm_model=self.config.llm_model,
         )
 
     async def _turn_task(self, utterance: Utterance, record: TurnRecord) -> None:
@@ -337,61 +365,19 @@ class VoiceSession:
             if not record.error:
                 self._spawn(prefill_next_turn(deps), "prefill")
         except asyncio.CancelledError:
-            record.error = record.error or "aborted"
+            record.error = record.error or live_stats.ABORTED
             raise
         finally:
             if self._turn is asyncio.current_task():
                 self._turn = None
-                if self.state == THINKING:  # ended without a reply (nothing intelligible was heard)
-                    self._on_speaking(False)
+                if self.state == THINKING:
+                    self._back_to_listening()  # ended without a reply (nothing intelligible was heard)
             live_stats.gauge_add("active_turns", -1)
             if record.user_text:
                 live_stats.turn_finished(record.as_row())
             if self.on_turn and record.user_text:
                 self._spawn(self.on_turn(record), "record-turn")
 
-    async def _prompt_activation(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_prompt < ACTIVATION_PROMPT_EVERY:
-            return
-        self._last_prompt = now
-        digits = " ".join(self.config.activation_code or "")
-        text = f"This device is not activated yet. Please enter the code {digits} in the admin console."
-        try:
-            await speak(self._deps(), text)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("activation prompt failed: %s", exc)
-            await self.pacer.interrupt()
-
     # -- output -----------------------------------------------------------------------------------------------
-    def _on_speaking(self, speaking: bool) -> None:
-        """Follow the device: ``tts start`` puts it in speaking, ``tts stop`` back to listening
-        (auto, realtime) or idle (manual)."""
-        if speaking:
-            self.state = SPEAKING
-        else:
-            self.state = LISTENING if self.mode in ("auto", "realtime") else IDLE
-            self.listener.reset()
-            self._pending.clear()
-
     async def _send_audio(self, frame: bytes) -> None:
         await self.transport.send_bytes(self.framing.encode(frame) if self.framing else frame)
-
-    # -- watchdogs ----------------------------------------------------------------------------------------------
-    async def _hello_watchdog(self) -> None:
-        await asyncio.sleep(self.config.hello_timeout)
-        if self.framing is None:
-            await self._close_socket(CloseCode.HELLO_TIMEOUT, "no hello")
-
-    async def _idle_watchdog(self) -> None:
-        limit = self.config.idle_timeout if self.config.activated else min(self.config.idle_timeout, self.config.unbound_session_seconds)
-        while True:
-            if not self.config.activated and time.monotonic() - self._started >= self.config.unbound_session_seconds:
-                await self._close_socket(CloseCode.IDLE, "unbound session limit")
-                return
-            busy = self.state in (THINKING, SPEAKING)
-            quiet_for = time.monotonic() - self._last_activity
-            if not busy and quiet_for >= limit:
-                await self._close_socket(CloseCode.IDLE, f"no voice for {limit:.0f} s")
-                return
-            await asyncio.sleep(max(min(limit - quiet_for, 5.0), 0.2) if not busy else 1.0)

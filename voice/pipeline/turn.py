@@ -3,8 +3,10 @@
 The LLM and the TTS run as two tasks joined by a small queue, so the second sentence is being
 written while the first is spoken. Every stage's moment is marked relative to the end of speech;
 ``TurnRecord`` is filled as the turn goes, so an aborted or failed turn is still recorded with what
-it reached. Whatever happens, an opened reply is closed with ``tts stop`` (by the caller's
-``finally`` for cancellation, here for errors), so the device never hangs in ``speaking``.
+it reached; a reply cut off by abort, barge-in or disconnect is kept (record and history) as what
+the device had played of it, marked interrupted. Whatever happens, an opened reply is closed with
+``tts stop`` (by the caller for cancellation, here for errors), so the device never hangs in
+``speaking``.
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ class TurnRecord:
     speech_end: float  # loop time
     speech_end_wall: float  # time.time() of the same moment
     user_text: str = ""
-    reply_text: str = ""
+    reply_text: str = ""  # what the device played: the whole reply, or the heard part if interrupted
     error: str = ""
+    interrupted: bool = False  # the reply was cut off while the device played it
     marks: dict[str, float] = field(default_factory=dict)  # loop times
     model_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -52,6 +55,7 @@ class TurnRecord:
             user_text=self.user_text,
             reply_text=self.reply_text,
             error=self.error,
+            interrupted=self.interrupted,
             speech_end_at=datetime.fromtimestamp(self.speech_end_wall, tz=timezone.utc),
             timings={f"{k}_model_ms": round(v * 1000, 1) for k, v in self.model_seconds.items()},
             **marks,
@@ -74,6 +78,7 @@ class TurnDeps:
     voice: str | None
     history: deque  # (user, assistant) pairs, bounded by maxlen
     device_id: str | None = None  # the owner of the turn's calls (per-device limits)
+    llm_model: str | None = None  # the model an LLM serving several should use (AgentConfig.llm_model)
 
 
 async def speak(deps: TurnDeps, text: str, record: TurnRecord | None = None) -> None:
@@ -137,7 +142,18 @@ async def _run(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None
         return  # nothing intelligible: keep listening, say nothing
     await deps.send_text(encode(Stt(text)))
     await deps.pacer.begin()
+    try:
+        await _reply(deps, text, record)
+    except asyncio.CancelledError:
+        _keep_what_was_heard(deps, text, record)
+        raise
+    if deps.pacer.first_audio_at is not None:
+        record.mark("first_audio_sent", deps.pacer.first_audio_at)
+    deps.history.append((text, record.reply_text))
 
+
+async def _reply(deps: TurnDeps, text: str, record: TurnRecord) -> None:
+    """Write the reply (LLM) and speak it sentence by sentence, to its ``tts stop``."""
     sentences: asyncio.Queue = asyncio.Queue(maxsize=8)
     reply_parts: list[str] = []
     producer = asyncio.create_task(_write_reply(deps, text, record, sentences, reply_parts), name="llm")
@@ -154,9 +170,19 @@ async def _run(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None
     record.reply_text = "".join(reply_parts).strip()
     await deps.pacer.end()
     await deps.pacer.wait_stopped()
-    if deps.pacer.first_audio_at is not None:
-        record.mark("first_audio_sent", deps.pacer.first_audio_at)
-    deps.history.append((text, record.reply_text))
+
+
+def _keep_what_was_heard(deps: TurnDeps, user_text: str, record: TurnRecord) -> None:
+    """The turn is being cancelled (abort, barge-in, disconnect) with its reply open: the record
+    and the history keep the part the device had played, so the next answer follows from what the
+    user actually heard. Runs before the caller stores the record."""
+    playback = deps.pacer.playback()
+    if not playback.interrupted:
+        return  # no reply had reached the device yet
+    record.interrupted = True
+    record.reply_text = playback.heard_text
+    if playback.heard_text:
+        deps.history.append((user_text, playback.heard_text))
 
 
 def conversation(deps: TurnDeps) -> list[dict]:
@@ -185,7 +211,7 @@ async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: 
     messages = conversation(deps) + [{"role": "user", "content": user_text}]
     splitter = SentenceSplitter()
     started = time.monotonic()
-    stream = deps.services["llm"].stream("reply_stream", deps.llm, messages, owner=deps.device_id)
+    stream = deps.services["llm"].stream("reply_stream", deps.llm, messages, deps.llm_model, owner=deps.device_id)
     try:
         async with aclosing(stream):
             async for delta in stream:

@@ -52,7 +52,8 @@ class LLMProvider(Protocol):
 
     def stream(self, messages: Sequence[dict], cancel: threading.Event) -> Iterator[str]:
         """Yield text deltas of the reply to OpenAI-style ``messages``. Stops early, promptly,
-        once ``cancel`` is set."""
+        once ``cancel`` is set. A provider that serves several models also takes ``model=``
+        (``AgentConfig.llm_model``); it is passed only when one is set."""
 
 
 @runtime_checkable

@@ -1,5 +1,6 @@
-"""Fake providers with scripted latency, named ``fake``: for tests, and for measuring what the
-server itself adds to a turn without any model in the way. Never a default."""
+"""Fake providers with scripted latency (and failures), named ``fake``: for tests, and for
+measuring what the server itself adds to a turn without any model in the way. Never a default.
+``FakeVAD`` hears any sound as voice, so the fast conversation tests need no Silero."""
 from __future__ import annotations
 
 import threading
@@ -7,6 +8,8 @@ import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from voice.providers.errors import LLMError
 
 SILENCE_PEAK = 1e-4  # float32 PCM quieter than this everywhere counts as silence
 
@@ -36,15 +39,22 @@ class FakeLLM:
         reply: str = "Hello! I am a fake model. How can I help?",
         delay_first: float = 0.0,
         delay_token: float = 0.0,
+        fail_after: int | None = None,
     ):
+        """``fail_after``: raise ``LLMError`` after that many words (0: before the first word)."""
         self.reply = reply
         self.delay_first = delay_first
         self.delay_token = delay_token
+        self.fail_after = fail_after
+        self.models: list[str | None] = []  # the ``model`` each request asked for, last 100
 
-    def stream(self, messages: Sequence[dict], cancel: threading.Event) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict], cancel: threading.Event, model: str | None = None) -> Iterator[str]:
+        self.models = [*self.models[-99:], model]
         if _cancelled_during(cancel, self.delay_first):
             return
         for i, word in enumerate(self.reply.split()):
+            if i == self.fail_after:
+                raise LLMError(f"fake LLM failed after {i} words, as scripted")
             if i and _cancelled_during(cancel, self.delay_token):
                 return
             yield word if i == 0 else " " + word
@@ -73,3 +83,36 @@ class FakeTTS:
         samples = int(round(words * self.seconds_per_word * self.sample_rate))
         t = np.arange(samples, dtype=np.float32) / self.sample_rate
         yield (np.sin(2 * np.pi * 220.0 * t) * 0.3 * 32767).astype(np.int16)
+
+
+class FakeVAD:
+    """Any sound is voice: a score per full 32 ms chunk, 1.0 where the chunk's RMS passes ``level``,
+    else 0.0 (float32 PCM in [-1, 1]), so tests of the conversation need no Silero."""
+
+    name = "fake"
+    sample_rate = 16000
+
+    def __init__(self, level: float = 0.01):
+        self.level = level
+
+    def new_stream(self) -> FakeVADStream:
+        return FakeVADStream(self.level)
+
+
+class FakeVADStream:
+    CHUNK = 512  # samples, as Silero's
+
+    def __init__(self, level: float):
+        self.level = level
+        self._rest = np.zeros(0, np.float32)
+
+    def probabilities(self, pcm: np.ndarray) -> list[float]:
+        """A score per full chunk fed so far; a shorter remainder waits for the next call."""
+        pcm = np.concatenate([self._rest, np.asarray(pcm, dtype=np.float32)])
+        full = len(pcm) // self.CHUNK * self.CHUNK
+        self._rest = pcm[full:]
+        chunks = pcm[:full].reshape(-1, self.CHUNK)
+        return [1.0 if rms > self.level else 0.0 for rms in np.sqrt(np.mean(np.square(chunks), axis=1))]
+
+    def reset(self) -> None:
+        self._rest = np.zeros(0, np.float32)

@@ -2,6 +2,7 @@
 127.0.0.1 that fails as scripted and then streams."""
 import http.server
 import json
+import os
 import threading
 import time
 
@@ -21,10 +22,11 @@ class ScriptedChat(http.server.BaseHTTPRequestHandler):
     with Retry-After <s>, "partial" streams two words and then an error event, "ok" streams REPLY."""
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server = self.server
         with server.lock:
             server.arrivals.append(time.monotonic())
+            server.bodies.append(body)
             step = server.script.pop(0) if server.script else "ok"
         if step == "drop":
             self.close_connection = True
@@ -59,7 +61,7 @@ def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ScriptedChat)
     httpd.daemon_threads = True
     httpd.lock = threading.Lock()
-    httpd.script, httpd.arrivals = [], []
+    httpd.script, httpd.arrivals, httpd.bodies = [], [], []
     httpd.url = f"http://127.0.0.1:{httpd.server_port}/v1"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -75,6 +77,41 @@ def llm_for(server, **options):
 
 def ask(llm, cancel=None):
     return "".join(llm.stream([{"role": "user", "content": "hi"}], cancel or threading.Event()))
+
+
+# --- the model asked for ------------------------------------------------------------------------------
+
+
+def test_a_request_names_the_model_it_is_given_else_the_providers_own(server):
+    llm = llm_for(server, model="server-model")
+    assert "".join(llm.stream([{"role": "user", "content": "hi"}], threading.Event(), model="agent-model")) == "Hello there, friend."
+    assert ask(llm) == "Hello there, friend."
+    ask(llm_for(server))  # no model anywhere: the server's default
+    assert [body.get("model") for body in server.bodies] == ["agent-model", "server-model", None]
+
+
+@pytest.mark.models
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    os.environ.get("XIAOZHI_WORKER_BACKEND") == "celery",
+    reason="the LLM then runs in the Celery worker started at session start, whose settings this test cannot point at its server",
+)
+async def test_the_agents_llm_model_is_the_model_the_server_is_asked_for(server, connect_device, say, settings):
+    """AgentConfig.llm_model (admin) -> the device's session -> the turn -> the operation -> the request."""
+    from devices.models import AgentConfig
+    from voice.providers import registry
+
+    settings.XIAOZHI_LLM_BASE_URL = server.url
+    settings.XIAOZHI_LLM_MODEL = "server-model"
+    registry.forget("llm", "openai")
+    try:
+        await AgentConfig.objects.acreate(name="remote", llm_provider="openai", llm_model="agent-model", is_default=True)
+        device = await connect_device()
+        result = await device.turn(say("What is the capital of France?"), mode="manual")
+        assert result.sentences and result.stopped
+        assert [body["model"] for body in server.bodies] == ["agent-model"]
+    finally:
+        registry.forget("llm", "openai")
 
 
 # --- retries ------------------------------------------------------------------------------------------

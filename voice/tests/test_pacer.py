@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from voice.pipeline.pacer import Pacer
+from voice.pipeline.pacer import NOTHING_PLAYED, Pacer
 
 
 class Wire:
@@ -87,4 +87,82 @@ async def test_a_gap_between_sentences_restarts_the_clock_instead_of_bursting():
     late = [t for t, kind, p in wire.sent if kind == "audio" and p == b"y"]
     # after re-anchoring only the lead goes out at once, then real time again
     assert late[-1] - late[0] >= (5 - 1 - 1) * 0.06 - 0.02
+    await pacer.close()
+
+
+async def wait_until(predicate, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+
+def sent_index(wire, kind, payload):
+    return next((i for i, (_, k, p) in enumerate(wire.sent) if k == kind and p == payload), None)
+
+
+async def two_sentences(pacer, frames_each=4, end=True):
+    await pacer.begin()
+    await pacer.sentence("A.")
+    for _ in range(frames_each):
+        await pacer.audio(b"a")
+    await pacer.sentence("B.")
+    for _ in range(frames_each):
+        await pacer.audio(b"b")
+    if end:
+        await pacer.end()
+
+
+async def test_an_interrupted_reply_reports_what_the_device_played_not_what_was_sent():
+    wire = Wire()
+    ended = []
+    # 100 ms frames, a 3-frame cushion: the first four frames leave at once, then one per frame.
+    pacer = Pacer(wire.text, wire.audio, frame_ms=100, lead_frames=3, on_reply_ended=lambda: ended.append(1))
+    await two_sentences(pacer)
+    await wait_until(lambda: sent_index(wire, "audio", b"b") is not None)
+    playback = await pacer.interrupt()
+    # B's first frame has been sent but sits in the device's cushion behind A's last frames.
+    assert playback.interrupted and playback.heard_text == "A."
+    assert 0 <= playback.played_seconds < 0.4
+    assert wire.kinds().count("stop") == 1 and ended == [1]
+    await pacer.close()
+
+
+async def test_a_sentence_counts_as_heard_once_its_audio_plays():
+    wire = Wire()
+    pacer = Pacer(wire.text, wire.audio, frame_ms=50, lead_frames=1)
+    await two_sentences(pacer, frames_each=3, end=False)  # the reply stays open until interrupted
+    await wait_until(lambda: [k for _, k, p in wire.sent].count("audio") == 6)
+    await asyncio.sleep(0.05)  # one frame on: B's audio has reached the device's speaker
+    playback = await pacer.interrupt()
+    assert playback.interrupted and playback.heard_text == "A. B."
+    assert 0.2 <= playback.played_seconds <= 0.3  # never more than was sent
+    await pacer.close()
+
+
+async def test_interrupt_without_an_open_reply_reports_nothing_and_sends_nothing():
+    wire = Wire()
+    ended = []
+    pacer = Pacer(wire.text, wire.audio, frame_ms=20, lead_frames=0, on_reply_ended=lambda: ended.append(1))
+    assert await pacer.interrupt() == NOTHING_PLAYED
+    await two_sentences(pacer, frames_each=2)
+    await pacer.wait_stopped()
+    assert not pacer.speaking and ended == [1]  # the natural end is reported once too
+    assert pacer.playback() == NOTHING_PLAYED and await pacer.interrupt() == NOTHING_PLAYED
+    assert wire.kinds().count("stop") == 1 and ended == [1]
+    await pacer.close()
+
+
+async def test_speaking_is_true_from_tts_start_to_tts_stop():
+    wire = Wire()
+    seen = []
+
+    async def text(message):
+        await wire.text(message)
+        seen.append((json.loads(message)["state"], pacer.speaking))
+
+    pacer = Pacer(text, wire.audio, frame_ms=20, lead_frames=0)
+    assert not pacer.speaking
+    await two_sentences(pacer, frames_each=1)
+    await pacer.wait_stopped()
+    assert seen == [("start", True), ("sentence_start", True), ("sentence_start", True), ("stop", False)]
     await pacer.close()

@@ -64,9 +64,12 @@ def transcribe(asr_name: str, pcm: bytes) -> str:
 
 
 @operation("reply_stream", streams=True)
-def reply_stream(llm_name: str, messages: list[dict], *, cancel: threading.Event) -> Iterator[str]:
-    """Text deltas of the assistant's reply."""
-    yield from registry.get_llm(llm_name).stream(messages, cancel)
+def reply_stream(llm_name: str, messages: list[dict], model: str | None = None, *,
+                 cancel: threading.Event) -> Iterator[str]:
+    """Text deltas of the assistant's reply; ``model`` picks one of the provider's models (the
+    agent's ``llm_model``), for providers that serve several."""
+    llm = registry.get_llm(llm_name)
+    yield from llm.stream(messages, cancel, model=model) if model else llm.stream(messages, cancel)
 
 
 @operation("tts_frames", streams=True)

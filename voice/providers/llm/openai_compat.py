@@ -72,17 +72,19 @@ class OpenAICompatibleLLM:
         # The read timeout bounds each wait between two chunks, so a stalled stream fails too.
         self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
-    def stream(self, messages: Sequence[dict], cancel: threading.Event) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict], cancel: threading.Event, model: str | None = None) -> Iterator[str]:
+        """``model``: this request's model (an agent's ``llm_model``), else the provider's own."""
         if cancel.is_set():
             return
+        model = model or self.model
         body = {
             "messages": list(messages),
             "stream": True,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
         }
-        if self.model:
-            body["model"] = self.model
+        if model:
+            body["model"] = model
         response = self._open(body, cancel)
         if response is None:
             return  # cancelled while waiting to retry

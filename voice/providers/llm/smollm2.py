@@ -72,7 +72,8 @@ class SmolLM2LLM:
         for llm in self._pool.instances:
             llm.close()
 
-    def stream(self, messages: Sequence[dict], cancel: threading.Event) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict], cancel: threading.Event, model: str | None = None) -> Iterator[str]:
+        """``model`` is ignored: this provider is the one bundled model."""
         if cancel.is_set():
             return
         with self._pool.borrow() as llm:
