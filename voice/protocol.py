@@ -38,6 +38,7 @@ class CloseCode(IntEnum):
     HELLO_TIMEOUT = 4408  # no hello in time
     REPLACED = 4409  # a newer connection of the same device took over
     TOO_BIG = 4413  # a run of frames over the size limit
+    UNSUPPORTED = 4415  # the hello asks for an audio format the server does not speak (after an alert)
     BAD_DATA = 4422  # a run of undecodable frames
     SERVER_FULL = 4503  # the process holds its connection limit
 
@@ -119,6 +120,7 @@ class AudioParams:
 
 # The firmware's own defaults when a server hello has no audio_params (FW protocol.h: 24000 / 60).
 FIRMWARE_DOWNLINK_DEFAULTS = AudioParams(sample_rate=24000)
+SUPPORTED_AUDIO_FORMATS = ("opus",)  # uplink and downlink; a hello asking for another is refused
 
 
 # Messages: the wire object is {"type": TYPE} plus the fields in order. Optional fields left at
