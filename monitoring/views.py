@@ -20,6 +20,7 @@ from monitoring.models import Alert, MetricSnapshot
 from voice import live_stats
 from voice.conf import effective_config
 from voice.providers import registry
+from voice.workers import built_services
 
 
 def health(request):
@@ -43,7 +44,11 @@ def health(request):
     checks["models"] = registry.loaded_names()
     if settings.XIAOZHI_WORKER_BACKEND == "celery":
         checks.update(_voice_worker_checks())
-    healthy = all(checks[k] == "ok" for k in ("database", "cache", "redis", "voice_workers") if k in checks)
+    stalled = {name: state for name, service in built_services().items()
+               if (state := service.health()) != "ok"}
+    checks["voice_services"] = "ok" if not stalled else "; ".join(stalled.values())
+    healthy = all(checks[k] == "ok" for k in ("database", "cache", "redis", "voice_workers", "voice_services")
+                  if k in checks)
     return JsonResponse({"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503)
 
 

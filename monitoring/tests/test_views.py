@@ -48,6 +48,34 @@ def test_health_reports_database_redis_and_models(client, settings):
 
 
 @pytest.mark.django_db
+def test_health_is_503_while_a_services_latest_calls_time_out_and_ok_once_one_completes(client, monkeypatch):
+    """A hung model used to leave /health at 200 while every device heard the apology."""
+    import asyncio
+    import dataclasses
+
+    from voice.conf import service_limits
+    from voice.tests import probe_operations  # noqa: F401 - the probe operations
+    from voice.workers import ServiceTimeout, make_service, services
+
+    llm = make_service(dataclasses.replace(service_limits("llm"), first_token_timeout=0.2), backend="local")
+    monkeypatch.setitem(services(), "llm", llm)
+
+    async def stalled_reply():
+        with pytest.raises(ServiceTimeout):
+            async for _ in llm.stream("probe.late", 5.0):
+                pass
+
+    asyncio.run(stalled_reply())
+    response = client.get("/health")
+    assert response.status_code == 503, response.json()
+    assert response.json()["checks"]["voice_services"] == "error: the last 1 llm call(s) timed out"
+
+    asyncio.run(llm.call("probe.sleep", 0))  # the model answers again
+    response = client.get("/health")
+    assert response.status_code == 200 and response.json()["checks"]["voice_services"] == "ok"
+
+
+@pytest.mark.django_db
 def test_health_under_celery_names_each_service_without_a_live_worker(client, settings):
     """Under Celery the models live in the workers: /health lists them from their heartbeats and is
     503 while a service has no live worker (no device could be answered)."""
@@ -62,7 +90,7 @@ def test_health_under_celery_names_each_service_without_a_live_worker(client, se
     settings.XIAOZHI_WORKER_QUEUE_PREFIX = prefix = f"health-{uuid.uuid4().hex[:8]}"
     heartbeat.announce(["asr", "llm"], {"asr": ["whisper"], "llm": ["smollm2"], "vad": ["silero"]}, pid=101)
     response = client.get("/health")
-    assert response.status_code == 503
+    assert response.status_code == 503, response.json()
     checks = response.json()["checks"]
     assert checks["voice_workers"] == f"error: no live worker for tts (queue {prefix}.tts)"
     assert checks["workers"]["asr"][0]["models"] == ["whisper"] and checks["workers"]["asr"][0]["pid"] == 101
