@@ -48,7 +48,8 @@ SERVICE_KEYS = {
     "per_device": Key(int, 1, required=False),  # calls one device may have in the service; absent = no limit
 }
 SECTIONS = {
-    "server": {"max_connections": Key(int, 1), "connection_timeout": Key(float, 0.1)},
+    "server": {"max_connections": Key(int, 1), "connection_timeout": Key(float, 0.1),
+               "max_connections_per_address": Key(int, 1)},
     **{f"services.{name}": SERVICE_KEYS for name in SERVICES},
     "database": {"conn_max_age": Key(int, 0), "conn_health_checks": Key(bool), "connect_timeout": Key(int, 1)},
     "redis": {
@@ -58,6 +59,13 @@ SECTIONS = {
         "channel_layer_socket_timeout": Key(float, 6, why="channels-redis blocks up to 5 s on each read"),
     },
 }
+# Rate limits (devices/rate_limits.py): at most ``requests`` in each window of ``seconds`` per key;
+# requests: 0 turns one limit off.
+RATE_LIMITS = ("ota_per_address", "ota_per_device", "activate_per_address", "activate_per_device",
+               "activation_code_failures_per_address", "activation_code_failures_total",
+               "handshake_per_address", "handshake_per_device", "admin_login_failures_per_address")
+RATE_LIMIT_KEYS = {"requests": Key(int, 0), "seconds": Key(float, 1)}
+SECTIONS.update({f"rate_limits.{name}": RATE_LIMIT_KEYS for name in RATE_LIMITS})
 PROFILE_KEYS = {"min_cpus": Key(int, 1), "min_memory_gb": Key(float, 0)}
 
 
@@ -226,6 +234,19 @@ class ServiceLimits:
 class ServerLimits:
     max_connections: int  # sockets per process; the next is refused with 4503
     connection_timeout: float  # seconds from the socket's arrival to its hello
+    max_connections_per_address: int  # sockets per client address per process; the next is refused with 4429
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``requests`` per window of ``seconds`` for one key (an address, a device); 0 = no limit."""
+
+    requests: int
+    seconds: float
+
+    @property
+    def enabled(self) -> bool:
+        return self.requests > 0
 
 
 @dataclass(frozen=True)
@@ -253,6 +274,7 @@ class PerformanceConfig:
     services: dict[str, ServiceLimits]
     database: DatabasePool
     redis: RedisPool
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
     profiles: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict:
@@ -320,7 +342,9 @@ def load(defaults_path, overrides_path=None, environ: Mapping[str, str] | None =
     return PerformanceConfig(profile=profile, machine=machine, values=_unflatten({k: flat[k] for k in ordered}),
                              sources={k: sources[k] for k in ordered}, server=ServerLimits(**_section(flat, "server")),
                              services=services, database=DatabasePool(**_section(flat, "database")),
-                             redis=RedisPool(**_section(flat, "redis")), profiles=tuple(profiles))
+                             redis=RedisPool(**_section(flat, "redis")),
+                             rate_limits={name: RateLimit(**_section(flat, f"rate_limits.{name}")) for name in RATE_LIMITS},
+                             profiles=tuple(profiles))
 
 
 def _order(path: str) -> tuple:

@@ -57,7 +57,8 @@ async def test_the_third_device_is_refused_the_first_two_keep_talking_and_a_free
 async def test_a_device_reconnecting_to_a_full_server_replaces_its_own_socket(connect_device, room_for_two):
     first = await connect_device("aa:bb:cc:00:00:11")
     await connect_device("aa:bb:cc:00:00:12")
-    again = await connect_device("aa:bb:cc:00:00:11")  # e.g. after a Wi-Fi drop, the old socket not yet dead
+    # e.g. after a Wi-Fi drop, the old socket not yet dead (the same device: the same Client-Id)
+    again = await connect_device("aa:bb:cc:00:00:11", headers=first.handshake_headers())
     assert again.server_hello is not None
     assert await first.wait_closed(5) == 4409
     stranger = await connect_device("aa:bb:cc:00:00:13")
