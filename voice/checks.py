@@ -1,6 +1,6 @@
 """Start-up checks: settings and performance.yaml are validated before the server serves anything."""
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 
 from voice.conf import PerformanceConfigError, performance_config
 
@@ -124,6 +124,11 @@ def check_device_security(app_configs=None, **kwargs):
     if url and not (url.startswith(("ws://", "wss://")) and len(url) > len("wss://")):
         errors.append(Error(f"XIAOZHI_WEBSOCKET_URL={url!r} is not a ws:// or wss:// URL",
                             hint="e.g. wss://voice.example.com/xiaozhi/v1/", id="voice.E022"))
+    if settings.XIAOZHI_HTTPS and not settings.XIAOZHI_TRUSTED_PROXIES:
+        errors.append(Warning(
+            "XIAOZHI_HTTPS is on but no proxy is trusted to say a request came over HTTPS: unless Daphne "
+            "serves TLS itself, every admin request is redirected to HTTPS again", hint="List the TLS proxy's "
+            "address in XIAOZHI_TRUSTED_PROXIES (it must set X-Forwarded-Proto and X-Forwarded-For)", id="voice.W023"))
     return errors
 
 
