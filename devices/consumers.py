@@ -161,7 +161,8 @@ class DeviceConsumer(AsyncWebsocketConsumer):
     async def close(self, code=None, reason=None):  # noqa: D401 - the session's transport close too
         if not self.closed:
             self.closed = True
-            await super().close(code=code, reason=reason)
+            # int(): autobahn (Daphne) refuses any close code whose type is not exactly int, CloseCode too.
+            await super().close(code=None if code is None else int(code), reason=reason)
 
     async def _record_turn(self, record) -> None:
         await database_sync_to_async(records.record_turn)(self.info.device_pk, self.info.session_pk, record.as_row())
