@@ -111,12 +111,16 @@ def test_with_activation_on_a_reset_binding_needs_a_new_activation(client, admin
     assert "activation" in ota(client, client_id="uuid-other").json()
 
 
+@pytest.mark.parametrize("activation", [False, True])
 @pytest.mark.django_db(transaction=True)
-async def test_a_socket_takeover_by_another_client_is_refused_and_logged(settings, caplog):
+async def test_a_socket_takeover_by_another_client_is_refused_and_logged(settings, caplog, activation):
     """Over the in-process communicator; the real-socket version (the owner stays connected) is in
-    test_doors_daphne.py."""
+    test_doors_daphne.py. With activation on the owner was bound by its code; off, by its first socket."""
     from channels.db import database_sync_to_async
 
+    settings.XIAOZHI_ACTIVATION_REQUIRED = activation
+    if activation:
+        await Device.objects.acreate(device_id=MAC, activated=True, client_id="uuid-real", bound_client_id="uuid-real")
     owner = await handshake(application, MAC, "uuid-real")
     await owner.send_to(text_data=HELLO)
     assert json.loads(await owner.receive_from(timeout=10))["type"] == "hello"
