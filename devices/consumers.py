@@ -5,7 +5,9 @@ would delay every later audio frame and every ``abort`` on the socket. Binary fr
 the session without awaiting; text frames are parsed and answered at once.
 
 Past ``server.max_connections`` sockets in this process a new one is accepted and closed at once with
-4503 "server full" (counted as ``connections_refused``), before anything is registered or started.
+4503 "server full" (counted as ``connections_refused``), before anything is registered or started;
+past ``server.max_connections_per_address`` from one client address, with 4429. A device bound to
+another Client-Id is closed with 4403 before its session could replace the real device's.
 The hello must arrive within ``server.connection_timeout`` of the socket's arrival.
 """
 from __future__ import annotations

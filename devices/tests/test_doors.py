@@ -424,3 +424,17 @@ def test_metrics_and_the_performance_api_need_a_token_or_staff(client, settings,
     settings.XIAOZHI_MONITORING_PUBLIC = True  # a trusted network
     assert served(client.get(url))
     assert client.get("/health").status_code in (200, 503)  # always public
+
+
+def test_the_limits_are_typed_and_overridable_like_the_rest_of_performance_yaml():
+    from voice.conf import PerformanceConfigError, load
+
+    path = django_settings.BASE_DIR / "performance.yaml"
+    config = load(path, None, {"XIAOZHI_PERF__RATE_LIMITS__OTA_PER_ADDRESS__REQUESTS": "7",
+                               "XIAOZHI_PERF__SERVER__MAX_CONNECTIONS_PER_ADDRESS": "5"})
+    assert (config.rate_limits["ota_per_address"].requests, config.server.max_connections_per_address) == (7, 5)
+    assert config.sources["rate_limits.ota_per_address.requests"].startswith("env ")
+    with pytest.raises(PerformanceConfigError, match="rate_limits.handshake_per_device.seconds must be at least 1"):
+        load(path, None, {"XIAOZHI_PERF__RATE_LIMITS__HANDSHAKE_PER_DEVICE__SECONDS": "0"})
+    assert not load(path, None, {"XIAOZHI_PERF__RATE_LIMITS__OTA_PER_DEVICE__REQUESTS": "0"}
+                    ).rate_limits["ota_per_device"].enabled  # 0 = no limit
