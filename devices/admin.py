@@ -1,9 +1,9 @@
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import F
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.db.models import F
 from django.urls import path, reverse
 from django.utils import timezone
 
