@@ -1,6 +1,7 @@
 """HTTP side of monitoring: /health, Prometheus /metrics, the JSON performance API and dashboard data."""
 from __future__ import annotations
 
+import functools
 import hmac
 from datetime import timedelta
 
@@ -70,18 +71,37 @@ def _voice_worker_checks() -> dict:
     return {"voice_workers": status, "workers": detail}
 
 
-@require_GET
-def metrics(request):
-    return HttpResponse(prometheus.render(aggregate.current()), content_type="text/plain; version=0.0.4; charset=utf-8")
-
-
 def _token_ok(request) -> bool:
     token = settings.XIAOZHI_MONITORING_API_TOKEN
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
+def monitoring_access(view):
+    """/metrics and the read-only performance API show host names, pids and the configuration: a
+    bearer token (XIAOZHI_MONITORING_API_TOKEN), a staff session, or XIAOZHI_MONITORING_PUBLIC."""
+
+    @functools.wraps(view)
+    def guarded(request, *args, **kwargs):
+        if settings.XIAOZHI_MONITORING_PUBLIC or _token_ok(request) or (
+                request.user.is_authenticated and request.user.is_staff):
+            return view(request, *args, **kwargs)
+        response = JsonResponse({"error": "authentication required: a staff session or "
+                                          "Authorization: Bearer <XIAOZHI_MONITORING_API_TOKEN>"}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="xiaozhi-monitoring"'
+        return response
+
+    return guarded
+
+
 @require_GET
+@monitoring_access
+def metrics(request):
+    return HttpResponse(prometheus.render(aggregate.current()), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@require_GET
+@monitoring_access
 def performance(request):
     combined = aggregate.current()
     return JsonResponse({"metrics": combined["flat"], "processes": combined["processes"], "system": combined["system"],
@@ -91,6 +111,7 @@ def performance(request):
 
 
 @require_GET
+@monitoring_access
 def performance_websocket(request):
     combined = aggregate.current(with_database=False)
     c = combined["counters"]
@@ -104,6 +125,7 @@ def performance_websocket(request):
 
 
 @require_GET
+@monitoring_access
 def performance_operation(request, name: str):
     """One named operation: a latency stage (e.g. first_audio_sent_ms) or a worker service (e.g. asr)."""
     combined = aggregate.current(with_database=False)
@@ -116,6 +138,7 @@ def performance_operation(request, name: str):
 
 
 @require_GET
+@monitoring_access
 def performance_concurrency(request):
     combined = aggregate.current(with_database=False)
     return JsonResponse({"active_turns": combined["gauges"].get("active_turns", 0),

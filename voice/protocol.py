@@ -35,11 +35,13 @@ class CloseCode(IntEnum):
     IDLE = 4000  # no voice for the idle limit, or an unbound device's session limit
     BAD_REQUEST = 4400  # missing or malformed Device-Id
     UNAUTHORIZED = 4401  # bad or missing token (accepted, then closed, so the reason is seen)
+    FORBIDDEN = 4403  # the device is bound to another Client-Id: a takeover attempt (devices/binding)
     HELLO_TIMEOUT = 4408  # no hello in time
     REPLACED = 4409  # a newer connection of the same device took over
     TOO_BIG = 4413  # a run of frames over the size limit
     UNSUPPORTED = 4415  # the hello asks for an audio format the server does not speak (after an alert)
     BAD_DATA = 4422  # a run of undecodable frames
+    RATE_LIMITED = 4429  # too many handshakes from this address or device, or too many sockets from this address
     SERVER_FULL = 4503  # the process holds its connection limit
 
 

@@ -32,6 +32,15 @@ def fake_other_process(settings, devices=5):
 
 
 @pytest.fixture
+def scraper(settings):
+    """A client with the monitoring token, as Prometheus scrapes (/metrics and the API need it or staff)."""
+    from django.test import Client
+
+    settings.XIAOZHI_MONITORING_API_TOKEN = "scrape-token"
+    return Client(headers={"Authorization": "Bearer scrape-token"})
+
+
+@pytest.fixture
 def staff_client(client, db):
     user = User.objects.create_superuser("admin", "a@example.com", "pw-123456")
     client.force_login(user)
@@ -107,7 +116,8 @@ def test_health_under_celery_names_each_service_without_a_live_worker(client, se
 
 
 @pytest.mark.django_db
-def test_metrics_prometheus_text(client):
+def test_metrics_prometheus_text(scraper):
+    client = scraper
     load_some_figures()
     response = client.get("/metrics")
     assert response["Content-Type"].startswith("text/plain")
@@ -123,7 +133,8 @@ def test_metrics_prometheus_text(client):
 
 
 @pytest.mark.django_db
-def test_metrics_combine_processes_through_redis(client, settings):
+def test_metrics_combine_processes_through_redis(scraper, settings):
+    client = scraper
     if not settings.REDIS_URL:
         pytest.skip("several processes are combined through Redis; without it there is one process")
     load_some_figures()
@@ -149,7 +160,8 @@ def test_dead_process_drops_out(settings):
 
 
 @pytest.mark.django_db
-def test_performance_api(client):
+def test_performance_api(scraper):
+    client = scraper
     load_some_figures()
     overall = client.get("/api/performance/").json()
     assert overall["metrics"]["connected_devices"] == 3 and "cpu_percent" in overall["metrics"]
