@@ -9,7 +9,9 @@ so the providers and httpx run unmodified.
   24 kHz s16le; ``wav``: a streaming WAV with unknown sizes, at ``wav_rate``; ``mp3``) with chunked
   transfer, a piece at a time, ``chunk_delay`` apart; with ``hold`` set it sends the first half
   and waits for ``release`` before the rest, so a test sees audio before the body has ended.
-- ``POST /v1/chat/completions``: streams ``reply`` piece by piece as server-sent events.
+- ``POST /v1/chat/completions``: streams ``reply`` piece by piece as server-sent events; with
+  ``chat_hold_after`` = n it sends n pieces and waits for ``chat_release`` before the rest, so a test
+  sees the reply's first sentence spoken while the model is still writing.
 
 Each request of a path first takes the next step of ``script[path]`` (then "ok" once it runs out):
 "drop" closes without answering, "400"/"401"/"500"/"503" answer that status, "429:<s>" answers 429
@@ -150,7 +152,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for piece in server.reply:
+        for index, piece in enumerate(server.reply):
+            if index == server.chat_hold_after:
+                server.chat_held.set()
+                server.chat_release.wait(30)
             self._chunk(f"data: {json.dumps({'choices': [{'delta': {'content': piece}}]}, ensure_ascii=False)}\n\n".encode())
             time.sleep(server.chunk_delay)
         self._chunk(b"data: [DONE]\n\n")
@@ -187,6 +192,9 @@ class FakeOpenAIServer:
         self.chunk_delay = 0.02
         self.stall_seconds = 2.0
         self.hold = False
+        self.chat_hold_after: int | None = None
+        self.chat_held = threading.Event()
+        self.chat_release = threading.Event()
         self.held = threading.Event()
         self.release = threading.Event()
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -207,6 +215,7 @@ class FakeOpenAIServer:
 
     def stop(self) -> None:
         self.release.set()
+        self.chat_release.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(10)
