@@ -1,6 +1,5 @@
 """The OpenAI-compatible ASR and TTS against a real HTTP server on 127.0.0.1 (``fake_openai_server``)
 that answers as scripted: what is sent, streaming, retries, the breaker, timeouts and refusals."""
-import threading
 
 import numpy as np
 import pytest
@@ -236,7 +235,7 @@ def test_a_reader_that_walks_away_leaves_the_breaker_as_it_was(server):
 
 
 def test_a_sentence_without_anything_to_say_asks_nothing(server):
-    assert spoken(tts_for(server), "……") .size == 0
+    assert spoken(tts_for(server), "……").size == 0
     assert not server.requests
 
 
