@@ -11,6 +11,8 @@ READINESS_IDS = {
     ("llm", "openai"): ("voice.E003", "Set XIAOZHI_LLM_BASE_URL (and XIAOZHI_LLM_MODEL)"),
     ("asr", "funasr"): ("voice.E006", "Set XIAOZHI_SENSEVOICE_MODEL_DIR to a SenseVoiceSmall folder, or another XIAOZHI_ASR_PROVIDER"),
     ("tts", "edge"): ("voice.E007", "Set XIAOZHI_EDGE_TTS_VOICE to a voice such as en-US-AriaNeural, or another XIAOZHI_TTS_PROVIDER"),
+    ("asr", "openai"): ("voice.E013", "Set XIAOZHI_ASR_BASE_URL (and XIAOZHI_ASR_MODEL), or another XIAOZHI_ASR_PROVIDER"),
+    ("tts", "openai"): ("voice.E014", "Set XIAOZHI_TTS_BASE_URL and XIAOZHI_TTS_FORMAT to pcm, wav or mp3, or another XIAOZHI_TTS_PROVIDER"),
 }
 
 

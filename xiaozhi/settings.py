@@ -269,6 +269,31 @@ XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_LLM_BREAKER_COOLDOWN_S
 # service's WebSocket URL (blank = edge-tts's own; set it for a relay, or a local fake in tests).
 XIAOZHI_EDGE_TTS_VOICE = env_str("XIAOZHI_EDGE_TTS_VOICE", "en-US-AriaNeural")
 XIAOZHI_EDGE_TTS_URL = env_str("XIAOZHI_EDGE_TTS_URL")
+# For XIAOZHI_ASR_PROVIDER=openai: any OpenAI-compatible POST <base>/audio/transcriptions (hosted
+# Whisper, faster-whisper, SenseVoice servers...), its model and an optional language hint (zh, en).
+XIAOZHI_ASR_BASE_URL = env_str("XIAOZHI_ASR_BASE_URL")
+XIAOZHI_ASR_API_KEY = env_str("XIAOZHI_ASR_API_KEY")
+XIAOZHI_ASR_MODEL = env_str("XIAOZHI_ASR_MODEL", "whisper-1")
+XIAOZHI_ASR_LANGUAGE = env_str("XIAOZHI_ASR_LANGUAGE")
+# For XIAOZHI_TTS_PROVIDER=openai: any OpenAI-compatible POST <base>/audio/speech, its model, the
+# voice when an agent names none, the reply format (pcm, wav or mp3; all decoded as they stream) and
+# the sample rate of pcm replies (OpenAI's: 24000), which wav and mp3 replies are converted to.
+XIAOZHI_TTS_BASE_URL = env_str("XIAOZHI_TTS_BASE_URL")
+XIAOZHI_TTS_API_KEY = env_str("XIAOZHI_TTS_API_KEY")
+XIAOZHI_TTS_MODEL = env_str("XIAOZHI_TTS_MODEL", "tts-1")
+XIAOZHI_TTS_VOICE = env_str("XIAOZHI_TTS_VOICE", "alloy")
+XIAOZHI_TTS_FORMAT = env_str("XIAOZHI_TTS_FORMAT", "pcm")
+XIAOZHI_TTS_SAMPLE_RATE = env_int("XIAOZHI_TTS_SAMPLE_RATE", 24000, 8000, 48000)
+# Their retries and circuit breakers work as the LLM's (above), each with its own breaker; by
+# default with the LLM's figures.
+XIAOZHI_ASR_RETRIES = env_int("XIAOZHI_ASR_RETRIES", XIAOZHI_LLM_RETRIES, 0, 10)
+XIAOZHI_ASR_RETRY_BACKOFF_SECONDS = env_float("XIAOZHI_ASR_RETRY_BACKOFF_SECONDS", XIAOZHI_LLM_RETRY_BACKOFF_SECONDS, 0.0)
+XIAOZHI_ASR_BREAKER_FAILURES = env_int("XIAOZHI_ASR_BREAKER_FAILURES", XIAOZHI_LLM_BREAKER_FAILURES, 1, 1000)
+XIAOZHI_ASR_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_ASR_BREAKER_COOLDOWN_SECONDS", XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS, 0.0)
+XIAOZHI_TTS_RETRIES = env_int("XIAOZHI_TTS_RETRIES", XIAOZHI_LLM_RETRIES, 0, 10)
+XIAOZHI_TTS_RETRY_BACKOFF_SECONDS = env_float("XIAOZHI_TTS_RETRY_BACKOFF_SECONDS", XIAOZHI_LLM_RETRY_BACKOFF_SECONDS, 0.0)
+XIAOZHI_TTS_BREAKER_FAILURES = env_int("XIAOZHI_TTS_BREAKER_FAILURES", XIAOZHI_LLM_BREAKER_FAILURES, 1, 1000)
+XIAOZHI_TTS_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_TTS_BREAKER_COOLDOWN_SECONDS", XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS, 0.0)
 XIAOZHI_MODEL_THREADS = env_int("XIAOZHI_MODEL_THREADS", 2, 1, 64)
 # Load and warm every configured model when the server starts (off in most tests, which load lazily).
 XIAOZHI_PRELOAD_MODELS = env_bool("XIAOZHI_PRELOAD_MODELS", True)
