@@ -9,7 +9,6 @@ import os
 from urllib.parse import parse_qs, unquote, urlparse
 
 from django.core.exceptions import ImproperlyConfigured
-
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -61,6 +60,18 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     if raw is None:
         return list(default or [])
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_time_zone(name: str, default: str = "UTC") -> str:
+    """An IANA time-zone name (``Europe/Paris``), checked against the system's zone database."""
+    import zoneinfo
+
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ImproperlyConfigured(f"{name} must be a time-zone name such as Europe/Paris or Asia/Shanghai, got {raw!r}") from None
+    return raw
 
 
 def database_from_url(url: str, conn_max_age: int = 60, conn_health_checks: bool = True,

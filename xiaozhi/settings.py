@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from voice.conf import PerformanceConfigError
 from voice.conf import load as load_performance
-from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_str
+from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_str, env_time_zone
 
 # Whisper (CTranslate2) and llama.cpp each bring an OpenMP runtime whose idle threads busy-wait by
 # default; in one process they starve each other on a small machine (LLM first token 2 s instead of
@@ -198,6 +198,19 @@ XIAOZHI_SYSTEM_PROMPT = env_str(
     "XIAOZHI_SYSTEM_PROMPT",
     "You are Xiaozhi, a friendly voice assistant. Always answer in English, in one or two short sentences.",
 )
+
+# --- Tools (voice/tools, voice/mcp) -------------------------------------------------------------------
+# Offer tools to the LLM: the device's (over MCP, for devices whose hello has features.mcp) and the server's.
+XIAOZHI_TOOLS_ENABLED = env_bool("XIAOZHI_TOOLS_ENABLED", True)
+# Also list the tools the firmware keeps for its owner (reboot, firmware upgrade, screen snapshot).
+XIAOZHI_MCP_WITH_USER_TOOLS = env_bool("XIAOZHI_MCP_WITH_USER_TOOLS", False)
+# LLM rounds that may call tools in one turn; the round after the last one must answer in words.
+XIAOZHI_TOOL_MAX_STEPS = env_int("XIAOZHI_TOOL_MAX_STEPS", 3, 1, 10)
+# The zone of the server's time tool ("What time is it?"): an IANA name; Django's TIME_ZONE by default.
+XIAOZHI_TIME_ZONE = env_time_zone("XIAOZHI_TIME_ZONE", TIME_ZONE)
+# A deployment's own server tools: comma-separated dotted paths, each a module with a TOOLS list or one
+# ServerTool object (see README "Tools").
+XIAOZHI_EXTRA_TOOLS = env_list("XIAOZHI_EXTRA_TOOLS")
 
 # --- Providers (the bundled offline models by default) -----------------------------------------------
 XIAOZHI_VAD_PROVIDER = env_str("XIAOZHI_VAD_PROVIDER", "silero")

@@ -19,6 +19,7 @@ import numpy as np
 from voice.audio.opus import OpusEncoder
 from voice.audio.resample import resample
 from voice.providers import registry
+from voice.tools.model import ToolCall
 
 PCM_DTYPE = np.float32  # utterances are float32 16 kHz mono; sent as their raw bytes (exact, no base64)
 
@@ -64,9 +65,15 @@ def transcribe(asr_name: str, pcm: bytes) -> str:
 
 
 @operation("reply_stream", streams=True)
-def reply_stream(llm_name: str, messages: list[dict], *, cancel: threading.Event) -> Iterator[str]:
-    """Text deltas of the assistant's reply."""
-    yield from registry.get_llm(llm_name).stream(messages, cancel)
+def reply_stream(llm_name: str, messages: list[dict], tools: list[dict] | None = None, *,
+                 cancel: threading.Event) -> Iterator[str | dict]:
+    """Text deltas of the assistant's reply; with ``tools`` (OpenAI function specs) also tool
+    calls, as ``ToolCall.to_wire()`` dicts so they cross a worker's msgpack seam unchanged
+    (``ToolCall.from_wire`` reads them back)."""
+    llm = registry.get_llm(llm_name)
+    items = llm.stream(messages, cancel, tools) if tools else llm.stream(messages, cancel)
+    for item in items:
+        yield item.to_wire() if isinstance(item, ToolCall) else item
 
 
 @operation("tts_frames", streams=True)

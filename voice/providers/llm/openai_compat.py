@@ -1,5 +1,6 @@
 """Any OpenAI-compatible chat server: hosted APIs, Ollama (``http://host:11434/v1``), llama.cpp's
-``llama-server``, vLLM. Streams server-sent events and yields the text deltas.
+``llama-server``, vLLM. Streams server-sent events and yields the text deltas; offered tools, it
+sends them as native ``tools`` and assembles the streamed ``tool_calls`` into ``ToolCall`` items.
 
 One ``httpx.Client`` per provider object, shared by every session: it is thread-safe and keeps
 connections alive, which saves a TCP/TLS handshake on every turn.
@@ -27,6 +28,7 @@ from voice import live_stats
 from voice.providers.base import ProviderUnavailable
 from voice.providers.breaker import CircuitBreaker
 from voice.providers.errors import CircuitOpen, LLMError
+from voice.tools.model import ToolCall
 
 DONE = "[DONE]"
 MAX_ERROR_BODY = 300  # characters of an error reply quoted in the message
@@ -72,7 +74,8 @@ class OpenAICompatibleLLM:
         # The read timeout bounds each wait between two chunks, so a stalled stream fails too.
         self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
-    def stream(self, messages: Sequence[dict], cancel: threading.Event) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict], cancel: threading.Event,
+               tools: Sequence[dict] | None = None) -> Iterator[str | ToolCall]:
         if cancel.is_set():
             return
         body = {
@@ -83,6 +86,10 @@ class OpenAICompatibleLLM:
         }
         if self.model:
             body["model"] = self.model
+        if tools:
+            body["tools"] = list(tools)
+            body["tool_choice"] = "auto"
+        calls = _ToolCallAssembler()
         response = self._open(body, cancel)
         if response is None:
             return  # cancelled while waiting to retry
@@ -96,9 +103,14 @@ class OpenAICompatibleLLM:
                 delta = _delta(line)
                 if delta is DONE:
                     break
-                if delta:
-                    yield delta
+                if delta is None:
+                    continue
+                calls.feed(delta.get("tool_calls"))
+                content = delta.get("content")
+                if content and isinstance(content, str):
+                    yield content
             outcome = "success"
+            yield from calls.finish()
         except httpx.TimeoutException as exc:
             outcome = "failure"
             raise LLMError(f"LLM server {self.url} timed out ({self.timeout:g} s): {type(exc).__name__}") from exc
@@ -198,9 +210,54 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _delta(line: str) -> str | None:
-    """Text carried by one SSE line; ``DONE`` at the end of the stream; None for anything else
-    (blank lines, comments, event names, role-only chunks)."""
+class _ToolCallAssembler:
+    """Streamed ``tool_calls`` deltas put together: each call arrives in fragments keyed by
+    ``index`` (its id and name first, then pieces of the JSON arguments string)."""
+
+    MAX_CALLS = 8  # a server asking for more in one reply is cut here
+
+    def __init__(self):
+        self._parts: dict[int, dict] = {}
+
+    def feed(self, fragments) -> None:
+        if not isinstance(fragments, list):
+            return
+        for fragment in fragments:
+            if not isinstance(fragment, dict):
+                continue
+            index = fragment.get("index", len(self._parts))
+            if not isinstance(index, int) or (index not in self._parts and len(self._parts) >= self.MAX_CALLS):
+                continue
+            part = self._parts.setdefault(index, {"id": "", "name": "", "arguments": []})
+            if fragment.get("id"):
+                part["id"] = str(fragment["id"])
+            function = fragment.get("function") or {}
+            if isinstance(function, dict):
+                if function.get("name"):
+                    part["name"] += str(function["name"])
+                if isinstance(function.get("arguments"), str):
+                    part["arguments"].append(function["arguments"])
+                elif isinstance(function.get("arguments"), dict):  # some servers send an object at once
+                    part["arguments"].append(json.dumps(function["arguments"]))
+
+    def finish(self) -> Iterator[ToolCall]:
+        for index in sorted(self._parts):
+            part = self._parts[index]
+            raw = "".join(part["arguments"]).strip() or "{}"
+            problem = ""
+            try:
+                arguments = json.loads(raw)
+            except json.JSONDecodeError:
+                arguments, problem = {}, f"the arguments were not valid JSON: {raw[:200]}"
+            if not isinstance(arguments, dict):
+                arguments, problem = {}, f"the arguments were not a JSON object: {raw[:200]}"
+            yield ToolCall(part["id"] or f"call_{index}", part["name"], arguments, problem)
+
+
+def _delta(line: str) -> dict | str | None:
+    """The ``delta`` object carried by one SSE line (text in ``content``, fragments of tool calls
+    in ``tool_calls``); ``DONE`` at the end of the stream; None for anything else (blank lines,
+    comments, event names, chunks without choices)."""
     if not line.startswith("data:"):
         return None
     data = line[5:].strip()
@@ -216,6 +273,11 @@ def _delta(line: str) -> str | None:
         raise LLMError(f"LLM server reported an error: {chunk['error']}")
     try:
         choices = chunk.get("choices") or []
-        return (choices[0].get("delta") or {}).get("content") if choices else None
+        if not choices:
+            return None
+        delta = choices[0].get("delta") or {}
+        if not isinstance(delta, dict):
+            raise TypeError
+        return delta
     except (AttributeError, IndexError, TypeError):
         raise LLMError(f"LLM server sent an unexpected chunk: {data[:200]!r}") from None
