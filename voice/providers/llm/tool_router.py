@@ -102,14 +102,17 @@ _KNOWN = {_known_key(name): examples for name, examples in KNOWN_EXAMPLES.items(
 
 def router_messages(specs: Sequence[dict]) -> list[dict]:
     """The few-shot prefix (system + example turns) for these tools, under their aliases."""
-    lines, examples = [], []
+    lines, per_tool = [], []
     for alias, fname in aliases(specs).items():
         function = next(s["function"] for s in specs if s["function"]["name"] == fname)
         params = function.get("parameters") or {}
         args = ", ".join((params.get("properties") or {}).keys())
         lines.append(f"- {alias}({args}): {_first_sentence(function.get('description', ''))}")
-        for said, arguments in _KNOWN.get(fname) or (generic_example(alias, params),):
-            examples.append((said, _answer(alias, arguments)))
+        per_tool.append([(said, _answer(alias, arguments))
+                         for said, arguments in _KNOWN.get(fname) or (generic_example(alias, params),)])
+    # Round robin (every tool's first example, then every second one): no tool's examples all sit
+    # next to the question, where a small model copies them.
+    examples = [group[i] for i in range(max(map(len, per_tool), default=0)) for group in per_tool if i < len(group)]
     system = ("You pick the tool a voice assistant needs for the user's request, or none. "
               "Most requests need none.\nTools:\n" + "\n".join(lines))
     messages = [{"role": "system", "content": system}]

@@ -1,0 +1,68 @@
+"""The bundled SmolLM2's tool decision (grammar-constrained router) on the real model, and the
+pure parts of the router (prompt, grammar, parsing) without it."""
+import json
+import threading
+
+import pytest
+
+from voice.providers.llm.tool_router import aliases, generic_example, parse_decision, router_grammar, router_messages
+from voice.tools.model import Tool
+from voice.tools.server import server_tools
+from voice.tools.toolset import Toolset
+
+DEVICE_TOOLS = [
+    Tool("self.get_device_status", "Provides the real-time information of the device.", {"type": "object", "properties": {}}),
+    Tool("self.audio_speaker.set_volume", "Set the volume of the audio speaker.",
+         {"type": "object", "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": ["volume"]}),
+    Tool("self.screen.set_brightness", "Set the brightness of the screen.",
+         {"type": "object", "properties": {"brightness": {"type": "integer", "minimum": 0, "maximum": 100}},
+          "required": ["brightness"]}),
+]
+
+
+def specs():
+    return Toolset(DEVICE_TOOLS, server_tools("UTC", [])).specs()
+
+
+def test_the_router_shows_short_names_and_maps_them_back():
+    names = aliases(specs())
+    assert names["set_volume"] == "self_audio_speaker_set_volume" and names["get_time"] == "get_time"
+    assert parse_decision('{"tool":"set_volume","arguments":{"volume":30}}', names) == ("self_audio_speaker_set_volume", {"volume": 30})
+    assert parse_decision('{"tool":"none"}', names) is None and parse_decision('{"tool":"set_vol', names) is None
+
+
+def test_the_prompt_has_examples_of_both_kinds():
+    messages = router_messages(specs())
+    answers = [json.loads(m["content"]) for m in messages if m["role"] == "assistant"]
+    assert {"tool": "none"} in answers
+    assert {"tool": "set_volume", "arguments": {"volume": 40}} in answers
+    assert "set_volume(volume)" in messages[0]["content"]
+    assert generic_example("self_light_set_color", {"properties": {"color": {"type": "string"}}}) == (
+        "Light set color something.", {"color": "something"})
+
+
+def test_the_grammar_parses():
+    from llama_cpp import LlamaGrammar
+
+    text = router_grammar(specs())
+    assert text.startswith('root ::= "{\\"tool\\":\\"none\\"}" | ')
+    LlamaGrammar.from_string(text, verbose=False)
+
+
+@pytest.mark.models
+def test_set_the_volume_to_thirty_calls_set_volume_with_30():
+    from voice.providers.llm.smollm2 import SmolLM2LLM
+
+    llm = SmolLM2LLM()
+    try:
+        [call] = list(llm.stream([{"role": "system", "content": "Be brief."},
+                                  {"role": "user", "content": "Set the volume to thirty."}], threading.Event(), specs()))
+        assert (call.name, call.arguments) == ("self_audio_speaker_set_volume", {"volume": 30})
+        reply = "".join(llm.stream([{"role": "user", "content": "Set the volume to thirty."},
+                                    {"role": "assistant", "content": None, "tool_calls": [call.as_message()]},
+                                    {"role": "tool", "tool_call_id": call.id, "content": "true"}], threading.Event(), specs()))
+        assert reply == "Okay, the volume is now 30."
+        plain = list(llm.stream([{"role": "user", "content": "What is the capital of France?"}], threading.Event(), specs()))
+        assert plain and all(isinstance(item, str) for item in plain)  # the router said none: words, no call
+    finally:
+        llm.close()
