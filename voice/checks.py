@@ -29,6 +29,7 @@ def check_voice_settings(app_configs=None, **kwargs):
         )
     errors += _check_edge()
     errors += _check_sensevoice()
+    errors += _check_extra_tools()
     try:
         performance_config.cache_clear()  # re-read: the check is also how a changed override is validated
         performance_config()
@@ -55,6 +56,19 @@ def _check_sensevoice():
                 Error(problem, hint="Set XIAOZHI_SENSEVOICE_MODEL_DIR to a SenseVoiceSmall folder, or another XIAOZHI_ASR_PROVIDER", id="voice.E006")
             )
     return errors
+
+
+def _check_extra_tools():
+    """A deployment's XIAOZHI_EXTRA_TOOLS are imported at start, so a typo fails here and not at
+    the first turn that offers tools."""
+    from voice.tools.server import ExtraToolError, load_extra_tools
+
+    try:
+        load_extra_tools(settings.XIAOZHI_EXTRA_TOOLS)
+    except ExtraToolError as exc:
+        return [Error(str(exc), hint="Name importable modules with a TOOLS list of voice.tools.model.ServerTool, "
+                                     "or ServerTool objects (README, Tools)", id="voice.E030")]
+    return []
 
 
 def _check_edge():

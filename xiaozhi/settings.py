@@ -194,9 +194,11 @@ if XIAOZHI_VAD_BATCHING not in ("cross_session", "session", "packet"):
 XIAOZHI_VAD_MAX_BATCH = env_int("XIAOZHI_VAD_MAX_BATCH", 64, 1, 1024)
 XIAOZHI_HISTORY_TURNS = env_int("XIAOZHI_HISTORY_TURNS", 6, 0, 100)
 XIAOZHI_PACER_LEAD_FRAMES = env_int("XIAOZHI_PACER_LEAD_FRAMES", 2, 0, 10)
+# No persona name: "You are Xiaozhi" pulled the bundled 135M model into Chinese-flavoured stories on plain
+# factual questions (benchmarks/README.md "Tool calling"). An agent config can still set any persona.
 XIAOZHI_SYSTEM_PROMPT = env_str(
     "XIAOZHI_SYSTEM_PROMPT",
-    "You are Xiaozhi, a friendly voice assistant. Always answer in English, in one or two short sentences.",
+    "You are a helpful voice assistant. Answer the question directly and correctly, in one short sentence.",
 )
 
 # --- Tools (voice/tools, voice/mcp) -------------------------------------------------------------------

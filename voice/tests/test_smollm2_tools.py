@@ -66,3 +66,19 @@ def test_set_the_volume_to_thirty_calls_set_volume_with_30():
         assert plain and all(isinstance(item, str) for item in plain)  # the router said none: words, no call
     finally:
         llm.close()
+
+
+def test_only_tools_the_words_touch_are_candidates():
+    from voice.providers.llm.tool_router import candidates
+
+    def names(text):
+        return [s["function"]["name"] for s in candidates(text, specs())]
+
+    assert "self_audio_speaker_set_volume" in names("Set the volume to thirty.")
+    assert "self_screen_set_brightness" in names("Make the screen brighter")
+    assert "self_screen_set_brightness" not in names("Set the volume to thirty.")
+    assert names("What is the capital of France?") == [] and names("What is two plus two?") == []
+    assert "get_time" in names("What's the date?")
+    # The grammar then allows only those (and none).
+    grammar = router_grammar(specs(), ["get_time"])
+    assert "set_volume" not in grammar and '"get_time"' in grammar.replace("\\", "")

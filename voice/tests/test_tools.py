@@ -240,3 +240,12 @@ def test_tool_calls_round_trip_their_wire_form():
     assert ToolCall.from_wire(msgpack.unpackb(msgpack.packb(call.to_wire()), raw=False)) == call
     assert ToolCall.from_wire("text") is None and ToolCall.from_wire({"other": 1}) is None
     assert ToolResult.error("x").is_error
+
+
+def test_a_bad_extra_tools_path_fails_the_system_check(settings):
+    from voice.checks import check_voice_settings
+
+    settings.XIAOZHI_EXTRA_TOOLS = ["no.such.tools"]
+    assert "voice.E030" in [e.id for e in check_voice_settings()]
+    settings.XIAOZHI_EXTRA_TOOLS = ["voice.tests.extra_tools_example"]
+    assert "voice.E030" not in [e.id for e in check_voice_settings()]

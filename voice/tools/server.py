@@ -34,7 +34,7 @@ def time_tool(zone: str) -> ServerTool:
         text = now_text(zone)
         return ToolResult(f"It is {text} ({zone}).", reply=f"It is {text}.")
 
-    return ServerTool(Tool("get_time", "Get the current time and date.", NO_ARGUMENTS), handler)
+    return ServerTool(Tool("get_time", "Get the current time, day of the week and date.", NO_ARGUMENTS), handler)
 
 
 def end_conversation_tool() -> ServerTool:

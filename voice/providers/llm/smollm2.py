@@ -18,7 +18,7 @@ from pathlib import Path
 from voice.providers.base import ProviderUnavailable
 from voice.providers.errors import LLMError
 from voice.providers.llm.tool_router import MAX_TOKENS as ROUTER_MAX_TOKENS
-from voice.providers.llm.tool_router import aliases, parse_decision, router_grammar, router_messages
+from voice.providers.llm.tool_router import aliases, candidates, parse_decision, router_grammar, router_messages
 from voice.providers.pool import ModelPool
 from voice.tools.model import ToolCall, describe_arguments
 
@@ -123,7 +123,10 @@ class SmolLM2LLM:
     def decide(self, user_text: str, tools: Sequence[dict]) -> ToolCall | None:
         """The router's constrained decode (voice.providers.llm.tool_router): a call of one of
         ``tools`` or None. Greedy, so the same words get the same decision."""
-        grammar = _grammar(json.dumps(list(tools), sort_keys=True))
+        possible = candidates(str(user_text), tools)
+        if not possible:
+            return None  # the words touch no tool: a plain turn costs no model time here
+        grammar = _grammar(json.dumps(list(tools), sort_keys=True), tuple(s["function"]["name"] for s in possible))
         prompt = router_messages(tools) + [{"role": "user", "content": str(user_text)}]
         with self._router_pool().borrow() as llm:
             try:
@@ -160,11 +163,11 @@ class SmolLM2LLM:
                 llm.create_chat_completion(messages=messages, max_tokens=1, temperature=self.temperature)
 
 
-@functools.lru_cache(maxsize=16)
-def _grammar(specs_json: str):
+@functools.lru_cache(maxsize=32)
+def _grammar(specs_json: str, allowed: tuple[str, ...]):
     from llama_cpp import LlamaGrammar
 
-    return LlamaGrammar.from_string(router_grammar(json.loads(specs_json)), verbose=False)
+    return LlamaGrammar.from_string(router_grammar(json.loads(specs_json), allowed), verbose=False)
 
 
 def _short(function: str) -> str:

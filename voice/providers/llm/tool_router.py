@@ -32,10 +32,11 @@ PLAIN_EXAMPLES = (
 KNOWN_EXAMPLES: dict[str, tuple[tuple[str, dict], ...]] = {
     "self.audio_speaker.set_volume": (("Set the volume to 40.", {"volume": 40}), ("Make it quieter, volume 15.", {"volume": 15})),
     "self.screen.set_brightness": (("Screen brightness 70, please.", {"brightness": 70}),),
-    "self.get_device_status": (("What's the battery level?", {}), ("How loud is the speaker now?", {})),
+    "self.get_device_status": (("How much battery is left?", {}), ("How loud is the speaker now?", {}),
+                               ("Is the screen bright at the moment?", {})),
     "self.screen.set_theme": (("Switch to the dark theme.", {"theme": "dark"}),),
     "self.camera.take_photo": (("What do you see?", {"question": "What do you see?"}),),
-    "get_time": (("Tell me the time, please.", {}), ("What's the date today?", {})),
+    "get_time": (("Tell me the time, please.", {}), ("Which date is it?", {})),
     "end_conversation": (("Bye, see you later.", {}), ("Stop talking, that's all.", {})),
 }
 
@@ -127,17 +128,60 @@ def router_messages(specs: Sequence[dict]) -> list[dict]:
     return messages
 
 
+# Words that say nothing about which tool is meant (function words, generic verbs).
+STOPWORDS = frozenset("""
+a about after again all also am an and any are as ask at be been being but by can change could current did do does doing
+done down e.g etc for from get give go going has have he her here hi how i if in into is it its it's just know let
+like make me more most much my need no not now of off ok okay on one or our out over please put right say says set she
+answer answering question questions first step provide provides information real including condition example
+should show so some someone something tell than thank thanks that the their them then there these they thing this
+those to too tool turn up us use user very want was way we what when where which who why will with would you your
+""".split())
+
+
+def _stem(word: str) -> str:
+    """A crude English stem, enough to meet "brighter"/"brightness", "louder"/"loud", "dims"/"dim"."""
+    for suffix in ("ness", "est", "er", "ing", "ed", "ly", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    words = [w for w in re.findall(r"[a-z]+", (text or "").lower().replace("'", "")) if len(w) > 2]
+    return {_stem(w) for w in words if w not in STOPWORDS and _stem(w) not in STOPWORDS}
+
+
+def vocabulary(spec: dict) -> set[str]:
+    """The words that may point at a tool: its name, description, parameter names and examples."""
+    function = spec["function"]
+    text = [function["name"].replace("_", " "), function.get("description", "")[:400],
+            " ".join((function.get("parameters") or {}).get("properties", {}) or {})]
+    text += [said for said, _ in _KNOWN.get(function["name"], ())]
+    return content_words(" ".join(text)) - {"self"}
+
+
+def candidates(user_text: str, specs: Sequence[dict]) -> list[dict]:
+    """The offered tools whose vocabulary the user's words touch. Most plain questions touch none,
+    and then the model is not asked at all: no cost, and no chance of a wrong call."""
+    said = content_words(user_text)
+    return [spec for spec in specs if said & vocabulary(spec)] if said else []
+
+
 def _literal(text: str) -> str:
     return json.dumps(text)  # a GBNF string literal uses JSON's escapes
 
 
-def router_grammar(specs: Sequence[dict]) -> str:
-    """GBNF: ``{"tool":"none"}`` or one offered function with arguments valid for its schema."""
+def router_grammar(specs: Sequence[dict], allowed: Sequence[str] | None = None) -> str:
+    """GBNF: ``{"tool":"none"}`` or one offered function (of ``allowed`` function names, if
+    given) with arguments valid for its schema."""
     from llama_cpp.llama_grammar import SchemaConverter
 
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     alternatives = [_literal(NONE)]
     for index, (alias, fname) in enumerate(aliases(specs).items()):
+        if allowed is not None and fname not in allowed:
+            continue
         function = next(s["function"] for s in specs if s["function"]["name"] == fname)
         schema = function.get("parameters") or {"type": "object", "properties": {}}
         rule = converter.visit(_required_all(schema), f"args{index}")
