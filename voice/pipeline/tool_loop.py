@@ -38,6 +38,30 @@ class ToolStep:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
+def service_stream(service, llm_name: str, owner: str | None = None) -> LLMStream:
+    """``llm_stream`` over a voice service (local threads or Celery): the ``reply_stream``
+    operation with the offered tools, whose calls come back as wire dicts."""
+
+    def stream(messages: list[dict], tools: list[dict] | None) -> AsyncIterator:
+        return service.stream("reply_stream", llm_name, messages, tools, owner=owner)
+
+    return stream
+
+
+def session_toolset(mcp=None, device_id: str | None = None, session_id: str = "") -> Toolset:
+    """A session's tools: its device's (if its MCP client listed any) and the server's."""
+    from django.conf import settings
+
+    from voice.tools.model import ToolContext
+    from voice.tools.server import server_tools
+
+    if not settings.XIAOZHI_TOOLS_ENABLED:
+        return Toolset()
+    device_tools = mcp.tools if mcp is not None and not mcp.closed else ()
+    return Toolset(device_tools, server_tools(), device_call=mcp.call if mcp is not None else None,
+                   context=ToolContext(device_id=device_id, session_id=session_id))
+
+
 class ToolLoop:
     def __init__(self, toolset: Toolset, llm_stream: LLMStream, max_steps: int = 3):
         self.toolset = toolset
@@ -72,7 +96,7 @@ class ToolLoop:
             for index, call in enumerate(calls):
                 result = await self._run(call) if index < MAX_CALLS_PER_STEP else ToolResult.error(
                     f"not run: at most {MAX_CALLS_PER_STEP} tool calls at once")
-                messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result.text})
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": result.text})
                 if result.end_conversation:
                     self.end_conversation = True
                 if result.reply and not result.is_error:

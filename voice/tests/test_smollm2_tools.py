@@ -55,6 +55,7 @@ def test_set_the_volume_to_thirty_calls_set_volume_with_30():
 
     llm = SmolLM2LLM()
     try:
+        llm.prefill_tools(specs())  # what the session does once the device's tools are known
         [call] = list(llm.stream([{"role": "system", "content": "Be brief."},
                                   {"role": "user", "content": "Set the volume to thirty."}], threading.Event(), specs()))
         assert (call.name, call.arguments) == ("self_audio_speaker_set_volume", {"volume": 30})

@@ -9,7 +9,7 @@ import pytest
 
 from voice.conf import McpLimits
 from voice.mcp import McpClient
-from voice.pipeline.tool_loop import ToolLoop
+from voice.pipeline.tool_loop import ToolLoop, service_stream, session_toolset
 from voice.providers.fake import FakeLLM
 from voice.tools.model import FUNCTION_NAME_RE, ServerTool, Tool, ToolCall, ToolContext, ToolResult, function_name
 from voice.tools.server import ExtraToolError, end_conversation_tool, load_extra_tools, now_text, server_tools, time_tool
@@ -226,7 +226,7 @@ async def test_through_the_reply_stream_operation_of_the_local_service(settings)
     service = LocalService(service_limits("llm"))
     try:
         device, tools = await device_toolset()
-        loop = ToolLoop(tools, lambda messages, offered: service.stream("reply_stream", "fake", messages, offered))
+        loop = ToolLoop(tools, service_stream(service, "fake", owner="dev-1"))
         assert await collect(loop, "Set the volume to thirty.") == "Done: true"
         assert device.volume == 30 and loop.steps[0].name == "self.audio_speaker.set_volume"
     finally:
@@ -249,3 +249,16 @@ def test_a_bad_extra_tools_path_fails_the_system_check(settings):
     assert "voice.E030" in [e.id for e in check_voice_settings()]
     settings.XIAOZHI_EXTRA_TOOLS = ["voice.tests.extra_tools_example"]
     assert "voice.E030" not in [e.id for e in check_voice_settings()]
+
+
+async def test_a_session_toolset_has_the_device_tools_and_the_server_tools(settings):
+    settings.XIAOZHI_EXTRA_TOOLS = []
+    device = Device()
+    await device.client.start()
+    tools = session_toolset(device.client, device_id="aa:bb")
+    assert [e.function for e in tools.entries] == ["get_time", "end_conversation", "self_get_device_status",
+                                                    "self_audio_speaker_set_volume", "self_screen_set_brightness"]
+    assert tools.context.device_id == "aa:bb"
+    assert [e.function for e in session_toolset(None).entries] == ["get_time", "end_conversation"]
+    settings.XIAOZHI_TOOLS_ENABLED = False
+    assert not session_toolset(device.client)

@@ -100,3 +100,12 @@ def prefill(llm_name: str, messages: list[dict]) -> None:
     fn = getattr(registry.get_llm(llm_name), "prefill", None)
     if fn is not None:
         fn(messages)
+
+
+@operation("prefill_tools")
+def prefill_tools(llm_name: str, tools: list[dict]) -> None:
+    """Prepare the LLM's tool decision for these tools (SmolLM2 evaluates its router prompt); a
+    no-op for LLMs that decide natively."""
+    fn = getattr(registry.get_llm(llm_name), "prefill_tools", None)
+    if fn is not None and tools:
+        fn(tools)

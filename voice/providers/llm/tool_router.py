@@ -28,6 +28,15 @@ PLAIN_EXAMPLES = (
     "Hello, how are you?",
     "Who painted the Mona Lisa?",
 )
+# Questions that use a tool's words but need no tool, by tool name: without them the model learns
+# "a tool word means a tool" (90 % of such questions called one in benchmarks/tool_calling.py).
+NEAR_MISSES: dict[str, tuple[str, ...]] = {
+    "self.audio_speaker.set_volume": ("What is the volume of a cube?",),
+    "self.screen.set_brightness": ("Why is the moon so bright?",),
+    "self.get_device_status": ("What is the status of my flight?", "How loud is thunder?"),
+    "get_time": ("What time do banks open?",),
+    "end_conversation": ("How do you say goodbye in German?",),
+}
 # Requests for well-known tools (xiaozhi firmware and this server), by tool name.
 KNOWN_EXAMPLES: dict[str, tuple[tuple[str, dict], ...]] = {
     "self.audio_speaker.set_volume": (("Set the volume to 40.", {"volume": 40}), ("Make it quieter, volume 15.", {"volume": 15})),
@@ -99,12 +108,14 @@ def _known_key(name: str) -> str:
 
 
 _KNOWN = {_known_key(name): examples for name, examples in KNOWN_EXAMPLES.items()}
+_NEAR = {_known_key(name): examples for name, examples in NEAR_MISSES.items()}
 
 
 def router_messages(specs: Sequence[dict]) -> list[dict]:
     """The few-shot prefix (system + example turns) for these tools, under their aliases."""
-    lines, per_tool = [], []
+    lines, per_tool, near = [], [], []
     for alias, fname in aliases(specs).items():
+        near += _NEAR.get(fname, ())
         function = next(s["function"] for s in specs if s["function"]["name"] == fname)
         params = function.get("parameters") or {}
         args = ", ".join((params.get("properties") or {}).keys())
@@ -117,7 +128,8 @@ def router_messages(specs: Sequence[dict]) -> list[dict]:
     system = ("You pick the tool a voice assistant needs for the user's request, or none. "
               "Most requests need none.\nTools:\n" + "\n".join(lines))
     messages = [{"role": "system", "content": system}]
-    plain = list(PLAIN_EXAMPLES)
+    plain = [text for pair in zip(PLAIN_EXAMPLES, near + [None] * len(PLAIN_EXAMPLES)) for text in pair if text]
+    plain += near[len(PLAIN_EXAMPLES):]
     # Interleave: tool, plain, tool, plain... so neither kind of answer dominates the recent context.
     for index, (said, answer) in enumerate(examples):
         messages += [{"role": "user", "content": said}, {"role": "assistant", "content": answer}]
