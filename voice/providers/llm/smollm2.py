@@ -20,7 +20,8 @@ from pathlib import Path
 from voice.providers.base import ProviderUnavailable
 from voice.providers.errors import LLMError
 from voice.providers.llm.tool_router import MAX_TOKENS as ROUTER_MAX_TOKENS
-from voice.providers.llm.tool_router import aliases, candidates, parse_decision, router_grammar, router_messages
+from voice.providers.llm.tool_router import (ANSWER_START, aliases, candidates, chatml_prompt, parse_decision,
+                                             router_grammar, router_messages, settled)
 from voice.providers.pool import ModelPool
 from voice.tools.model import ToolCall, describe_arguments
 
@@ -131,15 +132,25 @@ class SmolLM2LLM:
         if not possible:
             return None  # the words touch no tool: a plain turn costs no model time here
         grammar = _grammar(json.dumps(list(tools), sort_keys=True), tuple(s["function"]["name"] for s in possible))
-        prompt = router_messages(tools) + [{"role": "user", "content": str(user_text)}]
+        prompt = chatml_prompt(router_messages(tools) + [{"role": "user", "content": str(user_text)}])
+        text = ANSWER_START
         with self._router_pool().borrow() as llm:
             try:
-                out = llm.create_chat_completion(messages=prompt, grammar=grammar, max_tokens=ROUTER_MAX_TOKENS,
-                                                 temperature=0.0)
+                chunks = llm.create_completion(prompt, grammar=grammar, max_tokens=ROUTER_MAX_TOKENS,
+                                               temperature=0.0, stream=True)
+                try:
+                    for chunk in chunks:
+                        text += chunk["choices"][0].get("text") or ""
+                        done = settled(text, tools)
+                        if done is not None:
+                            text = done
+                            break
+                finally:
+                    chunks.close()
             except ValueError as exc:  # e.g. so many tools that the prompt exceeds ROUTER_CONTEXT
                 log.warning("SmolLM2's tool decision failed, answering without tools: %s", exc)
                 return None
-        decision = parse_decision(out["choices"][0]["message"].get("content") or "", aliases(tools))
+        decision = parse_decision(text, aliases(tools))
         if decision is None:
             return None
         return ToolCall(f"call_{next(self._call_ids)}", decision[0], decision[1])
@@ -147,10 +158,10 @@ class SmolLM2LLM:
     def prefill_tools(self, tools: Sequence[dict]) -> None:
         """Evaluate the router's few-shot prefix for these tools while nobody waits (when a
         device's tools become known), so its first tool request costs only its own words."""
-        prompt = router_messages(tools) + [{"role": "user", "content": "Hello"}]
+        prompt = chatml_prompt(router_messages(tools) + [{"role": "user", "content": "Hello"}])
         with self._router_pool().borrow_all() as instances:
             for llm in instances:
-                llm.create_chat_completion(messages=prompt, max_tokens=1, temperature=0.0)
+                llm.create_completion(prompt, max_tokens=1, temperature=0.0)
 
     def _router_pool(self) -> ModelPool:
         """Contexts of their own for tool decisions, built on first use: the router's few-shot

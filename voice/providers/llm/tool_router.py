@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 
 NONE = '{"tool":"none"}'
+ANSWER_START = '{"tool":"'  # every answer starts so: written into the prompt, not decoded
 MAX_TOKENS = 48  # the longest call the grammar allows in practice; a cut-off answer counts as none
 
 # Requests that need no tool, shown between the tool examples so "none" is a habit, not an exception.
@@ -180,24 +181,31 @@ def candidates(user_text: str, specs: Sequence[dict]) -> list[dict]:
     return [spec for spec in specs if said & vocabulary(spec)] if said else []
 
 
+def chatml_prompt(messages: Sequence[dict]) -> str:
+    """SmolLM2's chat template (ChatML) with the assistant's answer begun by ``ANSWER_START``,
+    so the forced opening costs no decode steps."""
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return f"{turns}<|im_start|>assistant\n{ANSWER_START}"
+
+
 def _literal(text: str) -> str:
     return json.dumps(text)  # a GBNF string literal uses JSON's escapes
 
 
 def router_grammar(specs: Sequence[dict], allowed: Sequence[str] | None = None) -> str:
-    """GBNF: ``{"tool":"none"}`` or one offered function (of ``allowed`` function names, if
-    given) with arguments valid for its schema."""
+    """GBNF for what follows ``ANSWER_START``: ``none"}`` or one offered function (of ``allowed``
+    function names, if given) with arguments valid for its schema."""
     from llama_cpp.llama_grammar import SchemaConverter
 
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    alternatives = [_literal(NONE)]
+    alternatives = [_literal(NONE[len(ANSWER_START):])]
     for index, (alias, fname) in enumerate(aliases(specs).items()):
         if allowed is not None and fname not in allowed:
             continue
         function = next(s["function"] for s in specs if s["function"]["name"] == fname)
         schema = function.get("parameters") or {"type": "object", "properties": {}}
         rule = converter.visit(_required_all(schema), f"args{index}")
-        prefix = '{"tool":' + json.dumps(alias) + ',"arguments":'
+        prefix = json.dumps(alias)[1:] + ',"arguments":'
         alternatives.append(f'{_literal(prefix)} {rule} {_literal("}")}')
     grammar = converter.format_grammar()
     grammar = re.sub(r'^space ::= .*$', 'space ::= ""', grammar, flags=re.M)  # compact: fewer tokens to decode
@@ -212,6 +220,21 @@ def _required_all(schema: dict) -> dict:
         schema["required"] = list(schema["properties"])
         schema.setdefault("additionalProperties", False)
     return schema
+
+
+def settled(text: str, specs: Sequence[dict]) -> str | None:
+    """The whole answer once the rest is forced by the grammar: after ``{"tool":"none`` or the
+    name of a tool without parameters nothing is left to choose, so decoding can stop there
+    (each forced token still costs a full grammar-checked decode step)."""
+    if text.startswith('{"tool":"none'):
+        return NONE
+    match = re.match(r'\{"tool":"([^"]+)",', text)
+    if match:
+        function = aliases(specs).get(match.group(1))
+        spec = next((s for s in specs if s["function"]["name"] == function), None)
+        if spec is not None and not ((spec["function"].get("parameters") or {}).get("properties")):
+            return _answer(match.group(1), {})
+    return None
 
 
 def parse_decision(text: str, names: dict[str, str] | None = None) -> tuple[str, dict] | None:
