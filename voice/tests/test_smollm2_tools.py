@@ -109,3 +109,12 @@ def test_a_tool_round_becomes_a_note_the_small_model_can_read():
     assert messages[1]["content"] == ("Set the volume to thirty.\n(Tool set_volume() returned: audio_speaker volume: 30; "
                                       "battery level: 90. Tell me the result in one short sentence.)")
     assert all(isinstance(m["content"], str) for m in messages)
+
+
+def test_number_words_become_digits_for_the_router():
+    from voice.providers.llm.tool_router import digits
+
+    assert digits("Set the volume to thirty.") == "Set the volume to 30."
+    assert digits("Put the volume at seventy five, or Seventy-Five, or a hundred") == "Put the volume at 75, or 75, or 100"
+    assert digits("one, twelve, zero, ninety") == "1, 12, 0, 90"
+    assert digits("someone often listens") == "someone often listens"  # whole words only

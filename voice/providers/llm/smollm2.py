@@ -4,6 +4,10 @@ with no network at all.
 Each pooled ``Llama`` keeps the tokens it last evaluated and re-evaluates only what differs from
 its next prompt, so a shared system prompt costs once (~1 s cold, ~15-70 ms warm). Nothing here
 resets that cache.
+
+Offered tools, it decides first with a grammar-constrained decode on router contexts of its own
+(``voice.providers.llm.tool_router``), then answers as before; after a tool round it confirms a
+trivial result from the call's arguments and otherwise reads the result to the model as a note.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from pathlib import Path
 from voice.providers.base import ProviderUnavailable
 from voice.providers.errors import LLMError
 from voice.providers.llm.tool_router import MAX_TOKENS as ROUTER_MAX_TOKENS
-from voice.providers.llm.tool_router import (ANSWER_START, aliases, candidates, chatml_prompt, parse_decision,
+from voice.providers.llm.tool_router import (ANSWER_START, aliases, candidates, chatml_prompt, digits, parse_decision,
                                              router_grammar, router_messages, settled)
 from voice.providers.pool import ModelPool
 from voice.tools.model import ToolCall, describe_arguments
@@ -132,7 +136,7 @@ class SmolLM2LLM:
         if not possible:
             return None  # the words touch no tool: a plain turn costs no model time here
         grammar = _grammar(json.dumps(list(tools), sort_keys=True), tuple(s["function"]["name"] for s in possible))
-        prompt = chatml_prompt(router_messages(tools) + [{"role": "user", "content": str(user_text)}])
+        prompt = chatml_prompt(router_messages(tools) + [{"role": "user", "content": digits(str(user_text))}])
         text = ANSWER_START
         with self._router_pool().borrow() as llm:
             try:
