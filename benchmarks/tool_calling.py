@@ -16,7 +16,7 @@ Measures, on the model alone (no sockets, no ASR/TTS):
      runs before the reply; the reply itself is unchanged). Words that touch no tool's vocabulary
      skip the model entirely (0 ms); the figure is over all 20 plain questions.
 
-The tools are the scripted device's (voice.simulated_device) plus the server's own.
+The tools are the firmware's (voice.mcp.firmware, as a device lists them) plus the server's own.
 
     python benchmarks/tool_calling.py            # writes benchmarks/results/tool_calling.json
 """
@@ -112,22 +112,13 @@ PREVIOUS_PROMPT = "You are Xiaozhi, a friendly voice assistant. Always answer in
 
 
 def toolset():
+    from voice.mcp.firmware import FIRMWARE_TOOLS
     from voice.tools.model import Tool
     from voice.tools.server import server_tools
     from voice.tools.toolset import Toolset
 
-    device = [
-        # The firmware's own descriptions (main/mcp_server.cc), as a device sends them.
-        Tool("self.get_device_status", "Provides the real-time information of the device, including the current status "
-             "of the audio speaker, screen, battery, network, etc.\nUse this tool for: \n1. Answering questions about "
-             "current condition (e.g. what is the current volume of the audio speaker?)\n2. As the first step to control "
-             "the device (e.g. turn up / down the volume of the audio speaker, etc.)", {"type": "object", "properties": {}}),
-        Tool("self.audio_speaker.set_volume", "Set the volume of the audio speaker.",
-             {"type": "object", "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": ["volume"]}),
-        Tool("self.screen.set_brightness", "Set the brightness of the screen.",
-             {"type": "object", "properties": {"brightness": {"type": "integer", "minimum": 0, "maximum": 100}},
-              "required": ["brightness"]}),
-    ]
+    # As a device sends them (the firmware's own descriptions and schemas).
+    device = [Tool(t["name"], t["description"], t["inputSchema"]) for t in FIRMWARE_TOOLS]
     return Toolset(device, server_tools("UTC", []))
 
 

@@ -7,15 +7,9 @@ import pytest
 
 from voice.conf import McpLimits
 from voice.mcp import CALL_ID_FIRST, INITIALIZE_ID, LIST_ID_FIRST, McpClient
+from voice.mcp.firmware import FIRMWARE_TOOLS
 
-TOOLS = [
-    {"name": "self.get_device_status", "description": "Device status.", "inputSchema": {"type": "object", "properties": {}}},
-    {"name": "self.audio_speaker.set_volume", "description": "Set the volume.",
-     "inputSchema": {"type": "object", "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}},
-                     "required": ["volume"]}},
-    {"name": "self.screen.set_brightness", "description": "Set the brightness.",
-     "inputSchema": {"type": "object", "properties": {"brightness": {"type": "integer"}}, "required": ["brightness"]}},
-]
+TOOLS = [dict(tool) for tool in FIRMWARE_TOOLS]  # the firmware's own descriptions and schemas
 
 
 class Device:
@@ -220,12 +214,12 @@ async def test_tools_per_device_are_bounded():
 async def test_pages_are_bounded_in_number_and_in_bytes():
     device = await started(page_size=1, max_pages=2)
     assert len(device.client.tools) == 2 and device.methods().count("tools/list") == 2
-    small = await started(page_size=3, max_page_bytes=1024)  # three tools: ~700 bytes, fits
+    small = await started(page_size=3, max_page_bytes=2048)  # the firmware's three tools: ~1.1 KB, fits
     assert len(small.client.tools) == 3
     original = TOOLS[0]["description"]
     TOOLS[0]["description"] = "x" * 2000
     try:
-        big = await started(page_size=3, max_page_bytes=1024)
+        big = await started(page_size=3, max_page_bytes=2048)
     finally:
         TOOLS[0]["description"] = original
     assert big.client.tools == ()

@@ -6,18 +6,12 @@ import threading
 import pytest
 
 from voice.providers.llm.tool_router import aliases, generic_example, parse_decision, router_grammar, router_messages
+from voice.mcp.firmware import FIRMWARE_TOOLS
 from voice.tools.model import Tool
 from voice.tools.server import server_tools
 from voice.tools.toolset import Toolset
 
-DEVICE_TOOLS = [
-    Tool("self.get_device_status", "Provides the real-time information of the device.", {"type": "object", "properties": {}}),
-    Tool("self.audio_speaker.set_volume", "Set the volume of the audio speaker.",
-         {"type": "object", "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": ["volume"]}),
-    Tool("self.screen.set_brightness", "Set the brightness of the screen.",
-         {"type": "object", "properties": {"brightness": {"type": "integer", "minimum": 0, "maximum": 100}},
-          "required": ["brightness"]}),
-]
+DEVICE_TOOLS = [Tool(t["name"], t["description"], t["inputSchema"]) for t in FIRMWARE_TOOLS]
 
 
 def specs():
@@ -118,3 +112,37 @@ def test_number_words_become_digits_for_the_router():
     assert digits("Put the volume at seventy five, or Seventy-Five, or a hundred") == "Put the volume at 75, or 75, or 100"
     assert digits("one, twelve, zero, ninety") == "1, 12, 0, 90"
     assert digits("someone often listens") == "someone often listens"  # whole words only
+
+
+@pytest.mark.models
+async def test_a_whole_tool_turn_on_the_bundled_model():
+    """The loop with the real model and a scripted device: the call, then an answer from its result."""
+    from voice.pipeline.tool_loop import ToolLoop
+    from voice.providers.llm.smollm2 import SmolLM2LLM
+    from voice.tests.test_mcp import Device
+
+    llm = SmolLM2LLM()
+    device = Device()
+    await device.client.start()
+    tools = Toolset(device.client.tools, server_tools("UTC", []), device_call=device.client.call)
+
+    async def stream(messages, offered):
+        for item in llm.stream(messages, threading.Event(), offered):
+            yield item
+
+    async def ask(text):
+        loop = ToolLoop(tools, stream)
+        reply = "".join([d async for d in loop.reply([{"role": "system", "content": "Be brief."},
+                                                      {"role": "user", "content": text}])])
+        return reply, [(s.name, s.arguments) for s in loop.steps]
+
+    try:
+        assert await ask("Set the volume to thirty.") == ("Okay, the volume is now 30.",
+                                                           [("self.audio_speaker.set_volume", {"volume": 30})])
+        assert device.volume == 30
+        reply, steps = await ask("What is the volume now?")
+        assert steps == [("self.get_device_status", {})] and "30" in reply
+        reply, steps = await ask("What time is it?")
+        assert steps == [("get_time", {})] and reply.startswith("It is ")
+    finally:
+        llm.close()
