@@ -7,8 +7,6 @@ from datetime import datetime, timezone
 
 import pytest
 
-from voice.conf import McpLimits
-from voice.mcp import McpClient
 from voice.pipeline.tool_loop import ToolLoop, service_stream, session_toolset
 from voice.providers.fake import FakeLLM
 from voice.tools.model import FUNCTION_NAME_RE, ServerTool, Tool, ToolCall, ToolContext, ToolResult, function_name
