@@ -1,5 +1,6 @@
 """Any OpenAI-compatible chat server: hosted APIs, Ollama (``http://host:11434/v1``), llama.cpp's
-``llama-server``, vLLM. Streams server-sent events and yields the text deltas.
+``llama-server``, vLLM. Streams server-sent events and yields the text deltas; offered tools, it
+sends them as native ``tools`` and assembles the streamed ``tool_calls`` into ``ToolCall`` items.
 
 Requests go through a ``RemoteEndpoint`` (``voice.providers.remote``): one connection pool, retries
 with backoff and a circuit breaker, the same as the OpenAI-compatible ASR and TTS. Retries happen
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from voice.providers.base import ProviderUnavailable
 from voice.providers.errors import LLMError
 from voice.providers.remote import RemoteEndpoint, RetryPolicy
+from voice.tools.model import ToolCall
 
 DONE = "[DONE]"
 
@@ -58,7 +60,8 @@ class OpenAICompatibleLLM:
         )
         self.breaker = self.endpoint.breaker
 
-    def stream(self, messages: Sequence[dict], cancel: threading.Event, model: str | None = None) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict], cancel: threading.Event,
+               tools: Sequence[dict] | None = None, model: str | None = None) -> Iterator[str | ToolCall]:
         """``model``: this request's model (an agent's ``llm_model``), else the provider's own."""
         if cancel.is_set():
             return
@@ -71,6 +74,10 @@ class OpenAICompatibleLLM:
         }
         if model:
             body["model"] = model
+        if tools:
+            body["tools"] = list(tools)
+            body["tool_choice"] = "auto"
+        calls = _ToolCallAssembler()
         response = self.endpoint.open(cancel, json=body)
         if response is None:
             return  # cancelled while waiting to retry
@@ -82,16 +89,66 @@ class OpenAICompatibleLLM:
                 delta = _delta(line)
                 if delta is DONE:
                     break
-                if delta:
-                    yield delta
+                if delta is None:
+                    continue
+                calls.feed(delta.get("tool_calls"))
+                content = delta.get("content")
+                if content and isinstance(content, str):
+                    yield content
+            yield from calls.finish()
 
     def close(self) -> None:
         self.endpoint.close()
 
 
-def _delta(line: str) -> str | None:
-    """Text carried by one SSE line; ``DONE`` at the end of the stream; None for anything else
-    (blank lines, comments, event names, role-only chunks)."""
+class _ToolCallAssembler:
+    """Streamed ``tool_calls`` deltas put together: each call arrives in fragments keyed by
+    ``index`` (its id and name first, then pieces of the JSON arguments string)."""
+
+    MAX_CALLS = 8  # a server asking for more in one reply is cut here
+
+    def __init__(self):
+        self._parts: dict[int, dict] = {}
+
+    def feed(self, fragments) -> None:
+        if not isinstance(fragments, list):
+            return
+        for fragment in fragments:
+            if not isinstance(fragment, dict):
+                continue
+            index = fragment.get("index", len(self._parts))
+            if not isinstance(index, int) or (index not in self._parts and len(self._parts) >= self.MAX_CALLS):
+                continue
+            part = self._parts.setdefault(index, {"id": "", "name": "", "arguments": []})
+            if fragment.get("id"):
+                part["id"] = str(fragment["id"])
+            function = fragment.get("function") or {}
+            if isinstance(function, dict):
+                if function.get("name"):
+                    part["name"] += str(function["name"])
+                if isinstance(function.get("arguments"), str):
+                    part["arguments"].append(function["arguments"])
+                elif isinstance(function.get("arguments"), dict):  # some servers send an object at once
+                    part["arguments"].append(json.dumps(function["arguments"]))
+
+    def finish(self) -> Iterator[ToolCall]:
+        for index in sorted(self._parts):
+            part = self._parts[index]
+            raw = "".join(part["arguments"]).strip() or "{}"
+            problem = ""
+            try:
+                arguments = json.loads(raw)
+            except json.JSONDecodeError:
+                arguments, problem = {}, f"the arguments were not valid JSON: {raw[:200]}"
+            if not isinstance(arguments, dict):
+                arguments, problem = {}, f"the arguments were not a JSON object: {raw[:200]}"
+            yield ToolCall(part["id"] or f"call_{index}", part["name"], arguments, problem)
+
+
+def _delta(line: str) -> dict | str | None:
+    """The ``delta`` object carried by one SSE line (text in ``content``, fragments of tool calls
+    in ``tool_calls``); ``DONE`` at the end of the stream; None for anything else (blank lines,
+    comments, event names, chunks without choices)."""
     if not line.startswith("data:"):
         return None
     data = line[5:].strip()
@@ -107,6 +164,11 @@ def _delta(line: str) -> str | None:
         raise LLMError(f"LLM server reported an error: {chunk['error']}")
     try:
         choices = chunk.get("choices") or []
-        return (choices[0].get("delta") or {}).get("content") if choices else None
+        if not choices:
+            return None
+        delta = choices[0].get("delta") or {}
+        if not isinstance(delta, dict):
+            raise TypeError
+        return delta
     except (AttributeError, IndexError, TypeError):
         raise LLMError(f"LLM server sent an unexpected chunk: {data[:200]!r}") from None
