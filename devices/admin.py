@@ -13,6 +13,25 @@ from devices.forms import AgentConfigForm, BindActivationCodeForm
 from devices.models import AgentConfig, Device, DeviceSession, Turn
 
 
+def tool_calls_html(calls) -> str:
+    """A turn's tool calls as a small table (name, arguments, result, duration); "-" for none."""
+    import json
+
+    from django.utils.html import format_html, format_html_join
+
+    calls = [c for c in calls or () if isinstance(c, dict)]
+    if not calls:
+        return "-"
+    rows = format_html_join("", "<tr><td>{}</td><td><code>{}</code></td><td>{}{}</td><td>{}</td></tr>", (
+        (c.get("name", "?"), json.dumps(c.get("arguments", {}), ensure_ascii=False)[:300],
+         "error: " if c.get("is_error") and not str(c.get("result", "")).startswith("error") else "",
+         str(c.get("result", ""))[:300],
+         "-" if c.get("seconds") is None else f"{float(c['seconds']) * 1000:.0f} ms")
+        for c in calls))
+    return format_html('<table class="tool-calls"><thead><tr><th>Tool</th><th>Arguments</th><th>Result</th>'
+                       "<th>Duration</th></tr></thead><tbody>{}</tbody></table>", rows)
+
+
 @admin.register(AgentConfig)
 class AgentConfigAdmin(admin.ModelAdmin):
     form = AgentConfigForm
@@ -46,13 +65,14 @@ class DeviceAdmin(admin.ModelAdmin):
             return "No turns yet."
         ms = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
         rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-                                "<td>{}</td><td>{}</td></tr>", (
+                                "<td>{}</td><td>{}</td><td>{}</td></tr>", (
             (f"{t.created_at:%Y-%m-%d %H:%M:%S}", t.user_text[:60], ms(t.asr_done_ms), ms(t.llm_first_token_ms),
-             ms(t.first_sentence_ms), ms(t.tts_first_audio_ms), ms(t.first_audio_sent_ms), t.error or "")
+             ms(t.first_sentence_ms), ms(t.tts_first_audio_ms), ms(t.first_audio_sent_ms),
+             tool_calls_html(t.tool_calls), t.error or "")
             for t in turns))
         return format_html('<table class="recent-turns"><thead><tr><th>When</th><th>User said</th><th>ASR</th>'
                            "<th>LLM 1st token</th><th>1st sentence</th><th>TTS 1st audio</th><th>1st audio sent</th>"
-                           "<th>Error</th></tr></thead><tbody>{}</tbody></table>", rows)
+                           "<th>Tool calls</th><th>Error</th></tr></thead><tbody>{}</tbody></table>", rows)
 
     @admin.action(description="Mark selected devices activated", permissions=["change"])
     def mark_activated(self, request, queryset):
@@ -139,7 +159,18 @@ class DeviceSessionAdmin(ReadOnlyAdmin):
 
 @admin.register(Turn)
 class TurnAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "device", "user_text", "reply_text", "interrupted", "first_audio_sent_ms", "error")
+    list_display = ("created_at", "device", "user_text", "reply_text", "tools_called", "interrupted",
+                    "first_audio_sent_ms", "error")
     list_filter = ("interrupted", "device")
     search_fields = ("user_text", "reply_text")
     list_select_related = ("device",)
+    exclude = ("tool_calls",)  # shown as a table instead of raw JSON
+    readonly_fields = ("tool_calls_table",)
+
+    @admin.display(description="Tools")
+    def tools_called(self, obj):
+        return ", ".join(str(c.get("name", "?")) for c in obj.tool_calls or () if isinstance(c, dict)) or "-"
+
+    @admin.display(description="Tool calls")
+    def tool_calls_table(self, obj):
+        return tool_calls_html(obj.tool_calls if obj else ())

@@ -133,6 +133,9 @@ class Turn(models.Model):
     tts_first_audio_ms = models.FloatField(null=True, blank=True)
     first_audio_sent_ms = models.FloatField(null=True, blank=True)
     timings = models.JSONField(default=dict, blank=True)
+    tool_calls = models.JSONField(
+        default=list, blank=True,
+        help_text="The tools the reply called, in order: name, arguments, result, is_error, seconds.")
 
     class Meta:
         ordering = ["-created_at"]

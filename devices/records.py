@@ -197,7 +197,8 @@ def record_turn(device_pk: int, session_pk: int | None, row: TurnRow) -> int:
         device_id=device_pk, session_id=session_pk,
         user_text=str(row.user_text or ""), reply_text=str(row.reply_text or ""),
         error=_clip(row.error, Turn, "error"), interrupted=bool(row.interrupted),
-        speech_end_at=speech_end_at, timings=dict(row.timings or {}), **row.latencies(),
+        speech_end_at=speech_end_at, timings=dict(row.timings or {}), tool_calls=list(row.tool_calls or ()),
+        **row.latencies(),
     ).pk
 
 

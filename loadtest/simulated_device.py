@@ -19,6 +19,7 @@ import numpy as np
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from loadtest.device_tools import FirmwareTools
 from voice.protocol import (
     Abort,
     AudioParams,
@@ -30,6 +31,7 @@ from voice.protocol import (
     Stt,
     Tts,
     Llm,
+    Mcp,
     encode,
     parse_server_message,
 )
@@ -151,7 +153,8 @@ class TurnResult:
 
 class SimulatedDevice:
     def __init__(self, device_id: str | None = None, client_id: str | None = None, binary_version: int = 1,
-                 board: str = "simulated-board", firmware: str = "1.9.0", keep_audio: bool = True):
+                 board: str = "simulated-board", firmware: str = "1.9.0", keep_audio: bool = True,
+                 mcp: bool = True):
         self.device_id = device_id or "02:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:5])
         self.client_id = client_id or str(uuid.uuid4())
         self.binary_version = binary_version
@@ -172,6 +175,9 @@ class SimulatedDevice:
         self.keep_audio = keep_audio
         self.on_send = None
         self.continuous_pace = False
+        # The device's MCP server (the firmware's common tools), announced by features.mcp in the
+        # hello; anything with ``answer(payload) -> list[dict]`` may replace it (tests script edge cases).
+        self.tools: FirmwareTools | None = FirmwareTools() if mcp else None
 
     # -- OTA and connection --------------------------------------------------------------------------------
     async def ota(self, ota_url: str) -> dict:
@@ -211,7 +217,8 @@ class SimulatedDevice:
         self._reader = asyncio.create_task(self._read(), name=f"device-reader:{self.device_id}")
         if not hello:
             return None
-        await self.send_json(encode(Hello(version=self.binary_version, features={"mcp": True},
+        features = {"mcp": True} if self.tools is not None else {}
+        await self.send_json(encode(Hello(version=self.binary_version, features=features,
                                           audio_params=AudioParams("opus", UPLINK_RATE, 1, 60))))
         event = await self.wait_for(lambda e: isinstance(e.message, ServerHello) or e.kind == "closed", hello_timeout)
         self.server_hello = event.message if isinstance(event.message, ServerHello) else None
@@ -237,6 +244,8 @@ class SimulatedDevice:
                     except ProtocolError:
                         message = data
                     self.events.append(Received(now, "json", message, len(data)))
+                    if isinstance(message, Mcp) and self.tools is not None:
+                        await self._answer_mcp(message.payload)
                 self._new_event.set()
         except LinkClosed as exc:
             self.close_code, self.close_reason = exc.code, exc.reason
@@ -268,6 +277,23 @@ class SimulatedDevice:
     # -- sending ---------------------------------------------------------------------------------------------------
     async def send_json(self, text: str) -> None:
         await self.link.send(text)
+
+    async def _answer_mcp(self, payload) -> None:
+        for reply in self.tools.answer(payload):
+            try:
+                await self.send_mcp(reply)
+            except Exception:  # noqa: BLE001 - the socket is closing; the reader sees it next
+                return
+
+    async def send_mcp(self, payload: dict) -> None:
+        """One JSON-RPC message to the server, in the xiaozhi envelope."""
+        session_id = self.server_hello.session_id if self.server_hello else ""
+        await self.send_json(encode(Mcp(payload, session_id)))
+
+    def mcp_requests(self, method: str | None = None) -> list[dict]:
+        """The JSON-RPC payloads the server sent, in order (of one method if given)."""
+        return [e.message.payload for e in self.events if isinstance(e.message, Mcp)
+                and (method is None or e.message.payload.get("method") == method)]
 
     async def send_audio(self, payload: bytes) -> None:
         await self.link.send(self.framing.encode(payload, int(time.monotonic() * 1000) & 0xFFFFFFFF))

@@ -21,9 +21,12 @@ from enum import Enum
 
 from voice import live_stats
 from voice.activation import ActivationPrompt
+from voice.conf import mcp_limits
+from voice.mcp import McpClient
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
 from voice.pipeline.pacer import Pacer
+from voice.pipeline.tool_loop import session_toolset
 from voice.pipeline.turn import TurnDeps, TurnRecord, prefill_next_turn, run_turn
 from voice.protocol import (
     SUPPORTED_AUDIO_FORMATS,
@@ -35,6 +38,7 @@ from voice.protocol import (
     FrameError,
     Hello,
     Listen,
+    Mcp,
     Ping,
     Pong,
     ProtocolError,
@@ -87,6 +91,11 @@ class SessionConfig:
     max_utterance_seconds: float = 30.0
     history_turns: int = 6
     pacer_lead_frames: int = 2
+    mcp_with_user_tools: bool = False  # tools/list also lists the firmware's user-only tools
+    tool_max_steps: int = 3  # tool rounds per turn before the LLM must answer in words
+    # The vision endpoint ``{url, token}`` announced in MCP initialize (capabilities.vision), or
+    # None: no vision provider. Set by the consumer once the vision service provides it.
+    vision: dict | None = None
 
     @classmethod
     def from_settings(cls, **values) -> SessionConfig:
@@ -103,6 +112,8 @@ class SessionConfig:
             history_turns=settings.XIAOZHI_HISTORY_TURNS,
             pacer_lead_frames=settings.XIAOZHI_PACER_LEAD_FRAMES,
             system_prompt=settings.XIAOZHI_SYSTEM_PROMPT,
+            mcp_with_user_tools=settings.XIAOZHI_MCP_WITH_USER_TOOLS,
+            tool_max_steps=settings.XIAOZHI_TOOL_MAX_STEPS,
             **values,
         )
 
@@ -148,6 +159,9 @@ class VoiceSession:
         self._tasks: set[asyncio.Task] = set()
         self._turn: asyncio.Task | None = None
         self._bad_frames = 0
+        # The device's tools over MCP (voice/mcp): set by a hello with ``features.mcp``, else None.
+        # The turn lists and calls its tools; the admin's actions call them by hand.
+        self.mcp: McpClient | None = None
 
     @property
     def state(self) -> SessionState:
@@ -172,10 +186,14 @@ class VoiceSession:
         if self.closed:
             return
         self.closed = True
-        if self._turn:
+        if self.mcp is not None:
+            self.mcp.close()  # a call in flight fails at once ("the device disconnected")
+        current = asyncio.current_task()  # a task of ours closing the session (end_conversation) runs on
+        if self._turn and self._turn is not current:
             self._turn.cancel()
         for task in list(self._tasks):
-            task.cancel()
+            if task is not current:
+                task.cancel()
         await self.pacer.close()
         log.info("session %s closed (%s)", self.config.session_id, reason or "disconnect")
 
@@ -214,7 +232,13 @@ class VoiceSession:
             await self.abort(message.reason or "abort")
         elif isinstance(message, Ping):
             await self.transport.send_text(encode(Pong()))
-        # mcp and legacy iot messages are accepted and ignored for now
+        elif isinstance(message, Mcp):
+            if self.mcp is not None:
+                self.mcp.handle(message.payload)
+            else:
+                live_stats.incr("errors:mcp:unexpected")
+                log.info("device %s sent mcp without features.mcp in its hello: ignored", self.config.device_id)
+        # legacy iot messages are accepted and ignored
 
     def handle_binary(self, data: bytes) -> None:
         """Queue one uplink frame; never waits (the VAD worker drains the queue in batches)."""
@@ -256,6 +280,27 @@ class VoiceSession:
         params = AudioParams("opus", self.config.output_sample_rate, 1, 60)
         await self.transport.send_text(encode(ServerHello(self.config.session_id, params, version=version)))
         self.touch()
+        if hello.features.get("mcp") and self.mcp is None:
+            self.mcp = McpClient(self._send_mcp, mcp_limits(), with_user_tools=self.config.mcp_with_user_tools,
+                                 device=self.config.device_id)
+            self._spawn(self._start_mcp(self.mcp), "mcp-start")
+
+    async def _send_mcp(self, payload: dict) -> None:
+        await self.transport.send_text(encode(Mcp(payload, self.config.session_id)))
+
+    async def _start_mcp(self, mcp: McpClient) -> None:
+        """List the device's tools, then let the LLM prepare its tool decision for them (best
+        effort, off any turn's critical path: the bundled model's router evaluates its prompt)."""
+        await mcp.start(vision=self.config.vision)
+        toolset = session_toolset(mcp, self.config.device_id, self.config.session_id)
+        if not toolset:
+            return
+        try:
+            services = self.services or default_services()
+            await services["llm"].call("prefill_tools", registry.resolve("llm", self.config.llm_provider),
+                                       toolset.specs(), owner=self.config.device_id)
+        except Exception as exc:  # noqa: BLE001 - an optimisation only
+            log.debug("prefill_tools skipped: %s", exc)
 
     async def _on_listen(self, listen: Listen) -> None:
         self.touch()
@@ -365,14 +410,18 @@ class VoiceSession:
             history=self.history,
             device_id=self.config.device_id,
             llm_model=self.config.llm_model,
+            mcp=self.mcp,
+            session_id=self.config.session_id,
+            tool_max_steps=self.config.tool_max_steps,
         )
 
     async def _turn_task(self, utterance: Utterance, record: TurnRecord) -> None:
         deps = self._deps()
         live_stats.gauge_add("active_turns", 1)
+        stored: asyncio.Task | None = None
         try:
             await run_turn(deps, utterance, record)
-            if not record.error:
+            if not record.error and not record.end_conversation:
                 self._spawn(prefill_next_turn(deps), "prefill")
         except asyncio.CancelledError:
             record.error = record.error or live_stats.ABORTED
@@ -386,7 +435,13 @@ class VoiceSession:
             if record.user_text:
                 live_stats.turn_finished(record.as_row())
             if self.on_turn and record.user_text:
-                self._spawn(self.on_turn(record), "record-turn")
+                stored = self._spawn(self.on_turn(record), "record-turn")
+        if record.end_conversation:
+            # The farewell was spoken and ``tts stop`` sent (the reply is over): the firmware
+            # expects the server to close now. The turn is stored first, then the socket closes.
+            if stored is not None:
+                await asyncio.wait({stored}, timeout=5.0)
+            await self._close_socket(CloseCode.NORMAL, "the conversation ended")
 
     # -- output -----------------------------------------------------------------------------------------------
     async def _send_audio(self, frame: bytes) -> None:

@@ -117,3 +117,24 @@ def test_touching_a_device_moves_its_last_seen():
     Device.objects.update(last_seen=None)
     touch_device(info.device_pk)
     assert Device.objects.get().last_seen is not None
+
+
+def test_a_turn_keeps_its_tool_calls_and_the_admin_shows_them(admin_client):
+    info = connect()
+    calls = ({"name": "self.audio_speaker.set_volume", "arguments": {"volume": 30}, "result": "true",
+              "is_error": False, "seconds": 0.042},
+             {"name": "self.screen.set_brightness", "arguments": {"level": 3},
+              "result": "error: Missing valid argument: brightness", "is_error": True, "seconds": 0.01})
+    pk = record_turn(info.device_pk, info.session_pk, TurnRow(user_text="Set the volume to thirty.",
+                                                              reply_text="Okay.", tool_calls=calls))
+    turn = Turn.objects.get(pk=pk)
+    assert turn.tool_calls == list(calls)
+    assert Turn.objects.get(pk=record_turn(info.device_pk, None, TurnRow(user_text="hi"))).tool_calls == []
+    page = admin_client.get(f"/admin/devices/turn/{pk}/change/").content.decode()
+    for shown in ("self.audio_speaker.set_volume", "{&quot;volume&quot;: 30}", "42 ms",
+                  "error: Missing valid argument: brightness"):
+        assert shown in page
+    listing = admin_client.get("/admin/devices/turn/").content.decode()
+    assert "self.audio_speaker.set_volume, self.screen.set_brightness" in listing
+    device = admin_client.get(f"/admin/devices/device/{turn.device_id}/change/").content.decode()
+    assert "self.audio_speaker.set_volume" in device and "42 ms" in device

@@ -38,12 +38,13 @@ class ToolStep:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
-def service_stream(service, llm_name: str, owner: str | None = None) -> LLMStream:
+def service_stream(service, llm_name: str, owner: str | None = None, model: str | None = None) -> LLMStream:
     """``llm_stream`` over a voice service (local threads or Celery): the ``reply_stream``
-    operation with the offered tools, whose calls come back as wire dicts."""
+    operation with the offered tools, whose calls come back as wire dicts. ``model``: the agent's
+    ``llm_model``, for providers that serve several."""
 
     def stream(messages: list[dict], tools: list[dict] | None) -> AsyncIterator:
-        return service.stream("reply_stream", llm_name, messages, tools, owner=owner)
+        return service.stream("reply_stream", llm_name, messages, tools, model, owner=owner)
 
     return stream
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from voice.pipeline.listener import Utterance
 from voice.pipeline.pacer import Pacer
 from voice.pipeline.sentences import SentenceSplitter, clean_for_speech
+from voice.pipeline.tool_loop import ToolLoop, service_stream, session_toolset
 from voice.pipeline.turn_row import MARKS, TurnRow
 from voice.protocol import Llm, Stt, emotion_for, encode, strip_emoji
 from voice.workers import ServiceBusy, ServiceTimeout
@@ -27,6 +28,8 @@ from voice.workers.operations import pcm_bytes
 
 log = logging.getLogger(__name__)
 
+MAX_TOOL_CALLS_KEPT = 16  # tool calls a turn record keeps (max_steps x calls per step is at most 40)
+MAX_TOOL_TEXT = 1000  # characters of a call's arguments or result kept in the record
 BUSY_REPLY = "Sorry, I am busy right now. Please try again in a moment."
 ERROR_REPLY = "Sorry, something went wrong. Please try again."
 
@@ -41,6 +44,8 @@ class TurnRecord:
     interrupted: bool = False  # the reply was cut off while the device played it
     marks: dict[str, float] = field(default_factory=dict)  # loop times
     model_seconds: dict[str, float] = field(default_factory=dict)
+    tool_calls: list[dict] = field(default_factory=list)  # ToolStep.as_dict() of each call, in order
+    end_conversation: bool = False  # a tool ended the conversation: the session closes after the reply
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.marks.setdefault(name, at if at is not None else asyncio.get_running_loop().time())
@@ -58,6 +63,7 @@ class TurnRecord:
             interrupted=self.interrupted,
             speech_end_at=datetime.fromtimestamp(self.speech_end_wall, tz=timezone.utc),
             timings={f"{k}_model_ms": round(v * 1000, 1) for k, v in self.model_seconds.items()},
+            tool_calls=tuple(_bounded_call(c) for c in self.tool_calls[:MAX_TOOL_CALLS_KEPT]),
             **marks,
         )
 
@@ -79,6 +85,9 @@ class TurnDeps:
     history: deque  # (user, assistant) pairs, bounded by maxlen
     device_id: str | None = None  # the owner of the turn's calls (per-device limits)
     llm_model: str | None = None  # the model an LLM serving several should use (AgentConfig.llm_model)
+    mcp: object = None  # the session's McpClient (voice/mcp), None for a device without MCP
+    session_id: str = ""
+    tool_max_steps: int = 3
 
 
 async def speak(deps: TurnDeps, text: str, record: TurnRecord | None = None) -> None:
@@ -207,11 +216,30 @@ async def prefill_next_turn(deps: TurnDeps) -> None:
         log.debug("prefill skipped: %s", exc)
 
 
+def _bounded_call(call: dict) -> dict:
+    """A tool call as the record keeps it: long arguments or results are cut."""
+    kept = dict(call)
+    if len(str(kept.get("result", ""))) > MAX_TOOL_TEXT:
+        kept["result"] = str(kept["result"])[:MAX_TOOL_TEXT] + " [cut]"
+    if len(str(kept.get("arguments", ""))) > MAX_TOOL_TEXT:
+        kept["arguments"] = {"cut": str(kept["arguments"])[:MAX_TOOL_TEXT]}
+    return kept
+
+
 async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: asyncio.Queue, parts: list[str]) -> None:
     messages = conversation(deps) + [{"role": "user", "content": user_text}]
     splitter = SentenceSplitter()
     started = time.monotonic()
-    stream = deps.services["llm"].stream("reply_stream", deps.llm, messages, None, deps.llm_model, owner=deps.device_id)
+    toolset = session_toolset(deps.mcp, deps.device_id, deps.session_id)
+    loop: ToolLoop | None = None
+    if toolset:
+        # The LLM may call the device's and the server's tools before it answers in words.
+        loop = ToolLoop(toolset, service_stream(deps.services["llm"], deps.llm, deps.device_id, deps.llm_model),
+                        max_steps=deps.tool_max_steps)
+        stream = loop.reply(messages)
+    else:  # tools off: the plain reply, exactly as before tools existed
+        stream = deps.services["llm"].stream("reply_stream", deps.llm, messages, None, deps.llm_model,
+                                             owner=deps.device_id)
     try:
         async with aclosing(stream):
             async for delta in stream:
@@ -227,4 +255,7 @@ async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: 
             await out.put(sentence)
         record.model_seconds["llm_total"] = time.monotonic() - started
     finally:
+        if loop is not None:
+            record.tool_calls = [step.as_dict() for step in loop.steps]
+            record.end_conversation = loop.end_conversation
         await out.put(None)

@@ -26,6 +26,8 @@ class TurnRow:
     tts_first_audio_ms: float | None = None
     first_audio_sent_ms: float | None = None
     timings: dict[str, float] = field(default_factory=dict)  # model run times, "<step>_model_ms"
+    # The turn's tool calls, in order: {name, arguments, result, is_error, seconds} (bounded by the turn)
+    tool_calls: tuple[dict, ...] = ()
 
     def latencies(self) -> dict[str, float]:
         """The stages reached, ``{"asr_done_ms": 210.5, ...}``: the figures live_stats samples."""

@@ -27,7 +27,7 @@ import numpy as np
 from voice.audio.opus import encode_all
 from voice.conf import SERVICES, service_limits
 from voice.pipeline.turn import TurnRecord
-from voice.protocol import Abort, Hello, Listen, Tts, encode, parse_server_message
+from voice.protocol import Abort, Hello, Listen, Mcp, Tts, encode, parse_server_message
 from voice.providers import fake, registry
 from voice.session import SessionConfig, SessionState, VoiceSession
 from voice.workers.local import LocalService
@@ -72,6 +72,7 @@ class Wire:
     """The session's transport: records every message instead of sending it."""
 
     def __init__(self, clock):
+        self.on_mcp = None  # called with each MCP payload the session sends (the device's answers)
         self.sent: list[Sent] = []
         self.session: VoiceSession | None = None
         self._clock = clock
@@ -82,7 +83,10 @@ class Wire:
         self._changed.set()
 
     async def send_text(self, text: str) -> None:
-        self._record("json", parse_server_message(text))
+        message = parse_server_message(text)
+        self._record("json", message)
+        if isinstance(message, Mcp) and self.on_mcp is not None:
+            self.on_mcp(message.payload)
 
     async def send_bytes(self, data: bytes) -> None:
         self._record("audio", data)
@@ -106,7 +110,12 @@ class Conversation:
     """One scripted device session. Use as ``async with``: it says hello on entry and closes the
     session, its services and the providers' registration on exit."""
 
-    def __init__(self, *, asr=None, llm=None, tts=None, vad=None, hello: bool = True, **config):
+    def __init__(self, *, asr=None, llm=None, tts=None, vad=None, hello: bool = True, tools: bool = False,
+                 features: dict | None = None, device_tools=None, **config):
+        """``tools``: offer the LLM tools (XIAOZHI_TOOLS_ENABLED; off by default, so the scripted
+        "What time is it?" is answered by the scripted reply). ``features``: the hello's (e.g.
+        ``{"mcp": True}``). ``device_tools``: the device's MCP server (``loadtest.device_tools.
+        FirmwareTools``), answering what the session asks; it implies ``features.mcp``."""
         self.providers = {
             "vad": vad or fake.FakeVAD(),
             "asr": asr or fake.FakeASR("What time is it?"),
@@ -116,6 +125,9 @@ class Conversation:
         self.config = SessionConfig(device_id="aa:bb:cc:00:00:01", asr_provider=NAME, llm_provider=NAME,
                                     tts_provider=NAME, **config)
         self.hello = hello
+        self.tools = tools
+        self.features = features or ({"mcp": True} if device_tools is not None else {})
+        self.device_tools = device_tools
         self.records: list[TurnRecord] = []
         self.services = {name: LocalService(service_limits(name)) for name in SERVICES}
         self.session: VoiceSession | None = None
@@ -128,6 +140,8 @@ class Conversation:
         from django.conf import settings
 
         self._vad_setting = settings.XIAOZHI_VAD_PROVIDER
+        self._tools_setting = settings.XIAOZHI_TOOLS_ENABLED
+        settings.XIAOZHI_TOOLS_ENABLED = self.tools
         for kind, provider in self.providers.items():
             registry.forget(kind, NAME)
             registry.BUILDERS[kind][NAME] = lambda provider=provider: provider
@@ -137,9 +151,11 @@ class Conversation:
         self.wire = Wire(self.now)
         self.session = VoiceSession(self.wire, self.config, on_turn=self._on_turn, services=self.services)
         self.wire.session = self.session
+        if self.device_tools is not None:
+            self.wire.on_mcp = self._answer_mcp
         self.session.start()
         if self.hello:
-            await self.send(Hello(version=1))
+            await self.send(Hello(version=1, features=self.features))
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -150,8 +166,14 @@ class Conversation:
             registry.BUILDERS[kind].pop(NAME, None)
             registry.forget(kind, NAME)
         settings.XIAOZHI_VAD_PROVIDER = self._vad_setting
+        settings.XIAOZHI_TOOLS_ENABLED = self._tools_setting
         for service in self.services.values():
             service.shutdown()
+
+    def _answer_mcp(self, payload: dict) -> None:
+        """The device answers on its own time, as over a socket: after the session's send returns."""
+        for reply in self.device_tools.answer(payload):
+            self.session._spawn(self.send(Mcp(reply)), "device-mcp-reply")
 
     async def _on_turn(self, record: TurnRecord) -> None:
         # A copy: what is stored is the record as it was when handed over, not as it became later.
