@@ -19,6 +19,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
+from voice import live_stats
 from voice.conf import McpLimits
 from voice.tools.model import Tool, ToolResult
 
@@ -88,6 +89,7 @@ class McpClient:
         (notifications, requests to us, unknown or non-numeric ids, garbage) is logged and dropped."""
         if not isinstance(payload, Mapping):
             log.warning("device %s sent an MCP payload that is not an object: %.200r", self.device, payload)
+            live_stats.incr("errors:mcp:malformed")
             return
         msg_id = payload.get("id")
         if "method" in payload:
@@ -96,14 +98,17 @@ class McpClient:
                 log.debug("device %s MCP notification %r ignored", self.device, method)
             else:
                 log.info("device %s sent an MCP request %r (id %r); the server offers no methods", self.device, method, msg_id)
+                live_stats.incr("errors:mcp:request")
             return
         if isinstance(msg_id, bool) or not isinstance(msg_id, int):
             log.warning("device %s sent an MCP reply with a non-numeric id %.50r: ignored", self.device, msg_id)
+            live_stats.incr("errors:mcp:bad_id")
             return
         future = self._pending.pop(msg_id, None)
         if future is None:
             level = logging.DEBUG if msg_id in self._forgotten else logging.WARNING
             log.log(level, "device %s answered MCP id %d, which nothing waits for: ignored", self.device, msg_id)
+            live_stats.incr("mcp:late_answers" if msg_id in self._forgotten else "errors:mcp:unknown_id")
             return
         if "result" not in payload and "error" not in payload:
             payload = {**payload, "error": {"message": "the reply has neither result nor error"}}
@@ -142,8 +147,10 @@ class McpClient:
         try:
             reply = await self._request(call_id, "tools/call", {"name": name, "arguments": dict(arguments or {})}, wait)
         except TimeoutError:
+            live_stats.incr("errors:mcp:call_timeout")
             return ToolResult.error(f"the device did not answer within {wait:g} s")
         except McpClosed:
+            live_stats.incr("errors:mcp:disconnected")
             return ToolResult.error("the device disconnected during the call")
         except (ConnectionError, OSError, RuntimeError) as exc:  # the socket failed under send
             return ToolResult.error(f"could not reach the device: {exc}")

@@ -8,6 +8,7 @@ record. Cancelling the consuming task (abort, barge-in) cancels a running tool c
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,6 +20,7 @@ from voice.tools.toolset import Toolset
 
 log = logging.getLogger(__name__)
 
+CANCELLED = "cancelled: the turn ended during the call"
 MAX_CALLS_PER_STEP = 4  # calls the LLM may ask for at once; more are answered "not run"
 
 LLMStream = Callable[[list[dict], "list[dict] | None"], AsyncIterator]
@@ -109,9 +111,13 @@ class ToolLoop:
 
     async def _run(self, call: ToolCall) -> ToolResult:
         started = time.monotonic()
-        result = await self.toolset.execute(call)
-        seconds = time.monotonic() - started
         name = self.toolset.tool_name(call.name)
+        try:
+            result = await self.toolset.execute(call)
+        except asyncio.CancelledError:  # abort, barge-in, disconnect: the record shows the call was cut
+            self.steps.append(ToolStep(name, dict(call.arguments), CANCELLED, True, time.monotonic() - started))
+            raise
+        seconds = time.monotonic() - started
         self.steps.append(ToolStep(name, dict(call.arguments), result.text, result.is_error, seconds))
         log.info("tool %s(%s) -> %s%.200s (%.0f ms)", name, call.arguments, "ERROR " if result.is_error else "",
                  result.text, seconds * 1000)

@@ -44,7 +44,7 @@ class TurnRecord:
     interrupted: bool = False  # the reply was cut off while the device played it
     marks: dict[str, float] = field(default_factory=dict)  # loop times
     model_seconds: dict[str, float] = field(default_factory=dict)
-    tool_calls: list[dict] = field(default_factory=list)  # ToolStep.as_dict() of each call, in order
+    tool_calls: list = field(default_factory=list)  # the ToolSteps (voice.pipeline.tool_loop), filled as calls end
     end_conversation: bool = False  # a tool ended the conversation: the session closes after the reply
 
     def mark(self, name: str, at: float | None = None) -> None:
@@ -63,7 +63,7 @@ class TurnRecord:
             interrupted=self.interrupted,
             speech_end_at=datetime.fromtimestamp(self.speech_end_wall, tz=timezone.utc),
             timings={f"{k}_model_ms": round(v * 1000, 1) for k, v in self.model_seconds.items()},
-            tool_calls=tuple(_bounded_call(c) for c in self.tool_calls[:MAX_TOOL_CALLS_KEPT]),
+            tool_calls=tuple(_bounded_call(step.as_dict()) for step in self.tool_calls[:MAX_TOOL_CALLS_KEPT]),
             **marks,
         )
 
@@ -236,6 +236,7 @@ async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: 
         # The LLM may call the device's and the server's tools before it answers in words.
         loop = ToolLoop(toolset, service_stream(deps.services["llm"], deps.llm, deps.device_id, deps.llm_model),
                         max_steps=deps.tool_max_steps)
+        record.tool_calls = loop.steps  # the same list: an aborted turn keeps the calls it made
         stream = loop.reply(messages)
     else:  # tools off: the plain reply, exactly as before tools existed
         stream = deps.services["llm"].stream("reply_stream", deps.llm, messages, None, deps.llm_model,
@@ -256,6 +257,5 @@ async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: 
         record.model_seconds["llm_total"] = time.monotonic() - started
     finally:
         if loop is not None:
-            record.tool_calls = [step.as_dict() for step in loop.steps]
             record.end_conversation = loop.end_conversation
         await out.put(None)

@@ -11,7 +11,12 @@ so the providers and httpx run unmodified.
   and waits for ``release`` before the rest, so a test sees audio before the body has ended.
 - ``POST /v1/chat/completions``: streams ``reply`` piece by piece as server-sent events; with
   ``chat_hold_after`` = n it sends n pieces and waits for ``chat_release`` before the rest, so a test
-  sees the reply's first sentence spoken while the model is still writing.
+  sees the reply's first sentence spoken while the model is still writing. Like a hosted model
+  deciding to use a tool: when the request offers ``tools`` and its last message is the user's,
+  containing a phrase of ``tool_rules`` (phrase -> (function name, arguments)) whose function is
+  offered, it streams that call as ``tool_calls`` deltas (the name, then the JSON arguments in
+  fragments, ``finish_reason`` "tool_calls"); when the last message is a tool's result it answers
+  ``tool_reply`` with ``{result}`` replaced by that result.
 
 Each request of a path first takes the next step of ``script[path]`` (then "ok" once it runs out):
 "drop" closes without answering, "400"/"401"/"500"/"503" answer that status, "429:<s>" answers 429
@@ -98,7 +103,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._speak(server, request.fields.get("response_format", "mp3"))
         elif self.path == CHAT:
             request.fields = json.loads(body)
-            self._chat(server)
+            self._chat(server, request)
         else:
             self._answer(404, {"error": {"message": f"no such endpoint {self.path}"}})
 
@@ -147,18 +152,39 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._chunk(audio[start:start + step])
         self._chunk(b"")
 
-    def _chat(self, server):
+    def _chat(self, server, request):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for index, piece in enumerate(server.reply):
+        call = server.tool_call_for(request.fields)
+        if call is not None:
+            self._tool_call(*call)
+            return
+        reply = server.reply
+        messages = request.fields.get("messages") or []
+        if messages and messages[-1].get("role") == "tool":
+            reply = [server.tool_reply.replace("{result}", str(messages[-1].get("content")))]
+        for index, piece in enumerate(reply):
             if index == server.chat_hold_after:
                 server.chat_held.set()
                 server.chat_release.wait(30)
             self._chunk(f"data: {json.dumps({'choices': [{'delta': {'content': piece}}]}, ensure_ascii=False)}\n\n".encode())
             time.sleep(server.chunk_delay)
         self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _tool_call(self, name: str, arguments: dict):
+        text = json.dumps(arguments)
+        deltas = [{"role": "assistant", "content": None,
+                   "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                   "function": {"name": name, "arguments": ""}}]}]
+        deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": text[i:i + 5]}}]}
+                   for i in range(0, len(text), 5)]
+        for delta in deltas:
+            self._chunk(f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta}]})}\n\n".encode())
+        finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+        self._chunk(f"data: {json.dumps(finish)}\n\ndata: [DONE]\n\n".encode())
         self._chunk(b"")
 
     def _chunk(self, data: bytes):
@@ -193,6 +219,8 @@ class FakeOpenAIServer:
         self.stall_seconds = 2.0
         self.hold = False
         self.chat_hold_after: int | None = None
+        self.tool_rules: dict[str, tuple[str, dict]] = {}
+        self.tool_reply = "Okay. {result}"
         self.chat_held = threading.Event()
         self.chat_release = threading.Event()
         self.held = threading.Event()
@@ -205,6 +233,18 @@ class FakeOpenAIServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_port}/v1"
+
+    def tool_call_for(self, body: dict) -> tuple[str, dict] | None:
+        """The (function, arguments) a tool-using model would ask for, or None to answer in words."""
+        messages = body.get("messages") or []
+        if not body.get("tools") or not messages or messages[-1].get("role") != "user":
+            return None
+        offered = {tool["function"]["name"] for tool in body["tools"]}
+        said = str(messages[-1].get("content") or "").lower()
+        for phrase, (name, arguments) in self.tool_rules.items():
+            if phrase.lower() in said and name in offered:
+                return name, dict(arguments)
+        return None
 
     def of(self, path: str) -> list[Request]:
         return [r for r in self.requests if r.path == path]

@@ -40,11 +40,10 @@ async def test_set_the_volume_calls_the_device_tool_and_confirms_it_in_words():
         labels = c.labels()
         assert labels.index("mcp") < labels.index("stt") < labels.index("tts:start") < labels.index("tts:sentence_start")
         assert labels[-1] == "tts:stop" and c.count("tts:stop") == 1, dump(c.sent)
-        [step] = record.tool_calls
+        [step] = record.as_row().tool_calls
         assert (step["name"], step["arguments"], step["result"], step["is_error"]) == (
             "self.audio_speaker.set_volume", {"volume": 30}, "true", False)
         assert step["seconds"] >= 0
-        assert record.as_row().tool_calls == (step,)
         assert c.session.mcp.pending_calls == 0 and not c.session.closed
 
 
@@ -58,7 +57,7 @@ async def test_what_is_the_volume_reads_the_device_status():
         await c.until("tts", "stop")
         [record] = await c.turns_recorded(1)
         assert [p["params"]["name"] for p in mcp_sent(c, "tools/call")] == ["self.get_device_status"]
-        assert json.loads(record.tool_calls[0]["result"])["audio_speaker"]["volume"] == 45
+        assert json.loads(record.tool_calls[0].result)["audio_speaker"]["volume"] == 45
         assert '"volume": 45' in record.reply_text
 
 
@@ -74,7 +73,7 @@ async def test_goodbye_speaks_a_farewell_then_tts_stop_then_closes_normally():
         labels = c.labels()
         assert labels[-3:] == ["audio", "tts:stop", "close"], dump(c.sent)
         assert " ".join(c.sentences()) == FAREWELL and record.reply_text == FAREWELL
-        assert [s["name"] for s in record.tool_calls] == ["end_conversation"]
+        assert [s.name for s in record.tool_calls] == ["end_conversation"]
         assert c.session.closed and mcp_sent(c, "tools/call") == []  # a server tool: the device is not asked
 
 
@@ -86,7 +85,7 @@ async def test_a_device_without_mcp_has_no_client_but_the_server_tools_still_ans
         c.say(0.3)
         await c.until("tts", "stop")
         [record] = await c.turns_recorded(1)
-        assert record.reply_text.startswith("It is ") and [s["name"] for s in record.tool_calls] == ["get_time"]
+        assert record.reply_text.startswith("It is ") and [s.name for s in record.tool_calls] == ["get_time"]
         assert mcp_sent(c) == []
 
 
@@ -134,6 +133,8 @@ async def test_abort_during_a_tool_call_stops_once_forgets_the_call_and_ignores_
         await c.until("tts", "stop")
         [record] = await c.turns_recorded(1)
         assert record.error == "aborted" and c.session.mcp.pending_calls == 0
+        [step] = record.as_row().tool_calls
+        assert step["name"] == "self.audio_speaker.set_volume" and step["is_error"] and "cancelled" in step["result"]
         [call] = mcp_sent(c, "tools/call")
         seen = len(c.sent)
         await c.send(Mcp({"jsonrpc": "2.0", "id": call["id"],
