@@ -7,6 +7,12 @@ time to first audio): everything the server adds on top of the models.
 
     python benchmarks/turn_latency.py --turns 20 --mode manual
     python benchmarks/turn_latency.py --turns 20 --mode auto     # adds the VAD's end-of-speech wait
+
+Plain turns with and without tools (issue #11), interleaved turn by turn on servers started side
+by side, so a shared machine's load falls on every variant alike:
+
+    git archive <commit before tools> | tar -x -C /tmp/xiaozhi-before
+    python benchmarks/turn_latency.py --compare-tools --turns 12 --before-root /tmp/xiaozhi-before
 """
 from __future__ import annotations
 
@@ -38,6 +44,11 @@ QUESTIONS = [
 ]
 
 
+# Questions that call no tool (the tool benchmark's plain set is separate): plain-turn TTFA only.
+PLAIN = [q for q in QUESTIONS if q not in (
+    "What time is it?", "Say good night.", "Turn on the kitchen light.", "Play some music please.")]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,13 +73,13 @@ def prepare(prefix: str) -> tuple[dict, dict]:
     return env, {q: spoken_frames(q) for q in QUESTIONS}
 
 
-def start_server(env: dict) -> tuple[subprocess.Popen, str]:
+def start_server(env: dict, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
     import httpx
 
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=root, env=env, check=True, capture_output=True)
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -101,7 +112,13 @@ def main():
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--mode", choices=["auto", "manual"], default="manual")
     parser.add_argument("--output", help="JSON results file (default: benchmarks/results/turn_latency-<mode>.json)")
+    parser.add_argument("--compare-tools", action="store_true",
+                        help="plain turns: tools on vs XIAOZHI_TOOLS_ENABLED=false (vs --before-root), interleaved")
+    parser.add_argument("--before-root", help="with --compare-tools: a checkout of the code before tools, run as a third server")
     args = parser.parse_args()
+    if args.compare_tools:
+        compare_tools(args)
+        return
 
     env, speech = prepare("xiaozhi-bench-")
     process, base = start_server(env)
@@ -119,6 +136,84 @@ def main():
     out.write_text(json.dumps(report, indent=2))
     print_table(report)
     print(f"\nwritten to {out}")
+
+
+def compare_tools(args) -> None:
+    """TTFA of plain turns on servers that differ only in tools, one device each, turn i of every
+    variant asked back to back before turn i + 1 of any."""
+    env, speech = prepare("xiaozhi-bench-tools-")
+    variants = [("tools on", {}, ROOT), ("tools off (XIAOZHI_TOOLS_ENABLED=false)", {"XIAOZHI_TOOLS_ENABLED": "false"}, ROOT)]
+    if args.before_root:
+        variants.append(("code before tools", {}, Path(args.before_root)))
+    servers = []
+    try:
+        for name, extra, root in variants:
+            workdir = Path(tempfile.mkdtemp(prefix="xiaozhi-bench-variant-"))
+            venv = dict(env, SQLITE_PATH=str(workdir / "db.sqlite3"), XIAOZHI_DATA_DIR=str(workdir), **extra)
+            process, base = start_server(venv, root)
+            servers.append((name, process, base, workdir / "db.sqlite3"))
+        results = asyncio.run(_interleaved([base for _, _, base, _ in servers], args.turns, args.mode, speech))
+    finally:
+        for _, process, _, _ in servers:
+            process.terminate()
+            process.wait(10)
+    report = {"machine": f"{os.cpu_count()} cores", "mode": args.mode, "turns_each": args.turns,
+              "questions": PLAIN[:args.turns], "variants": {}}
+    for (name, _, _, db), (turns, device_id) in zip(servers, results):
+        rows = _rows(db, device_id)
+        ttfa = [t.first_audio_ms for t in turns if t.first_audio_ms is not None]
+        report["variants"][name] = {
+            "answered": len(ttfa), "ttfa_ms": {"median": round(statistics.median(ttfa), 1) if ttfa else None,
+                                              "p95": round(percentile(ttfa, 0.95), 1) if ttfa else None},
+            "llm_first_token_ms_median": _median([r.get("llm_first_token_ms") for r in rows]),
+            "turns_that_called_a_tool": sum(1 for r in rows if r.get("tool_calls") not in (None, "[]")),
+            "per_turn_ttfa_ms": [None if t.first_audio_ms is None else round(t.first_audio_ms, 1) for t in turns],
+        }
+    medians = {name: v["ttfa_ms"]["median"] for name, v in report["variants"].items()}
+    on = medians["tools on"]
+    report["ratio_tools_on_vs"] = {name: round(on / m, 3) for name, m in medians.items() if name != "tools on" and m}
+    out = Path(args.output or ROOT / "benchmarks" / "results" / f"turn_latency-tools-{args.mode}.json")
+    out.write_text(json.dumps(report, indent=2))
+    for name, v in report["variants"].items():
+        print(f"{name:<44} TTFA median {v['ttfa_ms']['median']} ms, p95 {v['ttfa_ms']['p95']} ms, "
+              f"answered {v['answered']}/{args.turns}, tool calls {v['turns_that_called_a_tool']}")
+    print(f"ratio (tools on / other): {report['ratio_tools_on_vs']}\nwritten to {out}")
+
+
+async def _interleaved(bases: list[str], turns: int, mode: str, speech: dict) -> list[tuple[list, str]]:
+    from loadtest.simulated_device import SimulatedDevice
+
+    devices = []
+    for base in bases:
+        device = SimulatedDevice()  # answers MCP like the firmware: the "tools on" server lists its tools
+        await device.ota(f"{base}/xiaozhi/ota/")
+        await device.connect()
+        devices.append(device)
+    await asyncio.sleep(10)  # MCP listing and the router's prefill_tools happen off the turns' path
+    results: list[list] = [[] for _ in devices]
+    for i in range(turns):
+        for device, out in zip(devices, results):
+            out.append(await device.turn(speech[PLAIN[i % len(PLAIN)]], mode=mode, timeout=60))
+            await asyncio.sleep(0.3)
+    for device in devices:
+        await device.close()
+    return [(out, device.device_id) for out, device in zip(results, devices)]
+
+
+def _rows(db: Path, device_id: str) -> list[dict]:
+    import sqlite3
+
+    time.sleep(1)  # the last turn's row is written just after its reply
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(
+            "SELECT t.* FROM devices_turn t JOIN devices_device d ON d.id = t.device_id WHERE d.device_id = ? "
+            "ORDER BY t.id", (device_id,))]
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 1) if values else None
 
 
 def summarise(results, rows, args) -> dict:

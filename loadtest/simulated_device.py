@@ -122,6 +122,12 @@ class TurnResult:
         return [e.message.text for e in self.events if isinstance(e.message, Tts) and e.message.state == "sentence_start"]
 
     @property
+    def tool_calls(self) -> list[dict]:
+        """The ``tools/call`` params the server sent during the turn: ``{"name", "arguments"}``."""
+        return [e.message.payload.get("params", {}) for e in self.events
+                if isinstance(e.message, Mcp) and e.message.payload.get("method") == "tools/call"]
+
+    @property
     def emotion(self) -> str | None:
         e = self._first(lambda e: isinstance(e.message, Llm))
         return e.message.emotion if e else None

@@ -26,7 +26,7 @@ from voice.mcp import McpClient
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
 from voice.pipeline.pacer import Pacer
-from voice.pipeline.tool_loop import session_toolset
+from voice.pipeline.tool_loop import start_device_tools
 from voice.pipeline.turn import TurnDeps, TurnRecord, prefill_next_turn, run_turn
 from voice.protocol import (
     SUPPORTED_AUDIO_FORMATS,
@@ -289,18 +289,10 @@ class VoiceSession:
         await self.transport.send_text(encode(Mcp(payload, self.config.session_id)))
 
     async def _start_mcp(self, mcp: McpClient) -> None:
-        """List the device's tools, then let the LLM prepare its tool decision for them (best
-        effort, off any turn's critical path: the bundled model's router evaluates its prompt)."""
-        await mcp.start(vision=self.config.vision)
-        toolset = session_toolset(mcp, self.config.device_id, self.config.session_id)
-        if not toolset:
-            return
-        try:
-            services = self.services or default_services()
-            await services["llm"].call("prefill_tools", registry.resolve("llm", self.config.llm_provider),
-                                       toolset.specs(), owner=self.config.device_id)
-        except Exception as exc:  # noqa: BLE001 - an optimisation only
-            log.debug("prefill_tools skipped: %s", exc)
+        services = self.services or default_services()
+        await start_device_tools(mcp, services["llm"], registry.resolve("llm", self.config.llm_provider),
+                                 vision=self.config.vision, device_id=self.config.device_id,
+                                 session_id=self.config.session_id)
 
     async def _on_listen(self, listen: Listen) -> None:
         self.touch()

@@ -65,6 +65,21 @@ def session_toolset(mcp=None, device_id: str | None = None, session_id: str = ""
                    context=ToolContext(device_id=device_id, session_id=session_id))
 
 
+async def start_device_tools(mcp, llm_service, llm_name: str, vision=None, device_id: str | None = None,
+                             session_id: str = "") -> None:
+    """After the hello: list the device's tools over MCP (``McpClient.start``), then let the LLM
+    prepare its tool decision for the session's tools (best effort, off any turn's path: the
+    bundled model's router evaluates its prompt once per tool list; a no-op for native callers)."""
+    await mcp.start(vision=vision)
+    toolset = session_toolset(mcp, device_id, session_id)
+    if not toolset:
+        return
+    try:
+        await llm_service.call("prefill_tools", llm_name, toolset.specs(), owner=device_id)
+    except Exception as exc:  # noqa: BLE001 - an optimisation only
+        log.debug("prefill_tools skipped: %s", exc)
+
+
 class ToolLoop:
     def __init__(self, toolset: Toolset, llm_stream: LLMStream, max_steps: int = 3):
         self.toolset = toolset

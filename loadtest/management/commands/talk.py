@@ -83,11 +83,14 @@ class Command(BaseCommand):
                 if options["json"]:
                     self.stdout.write(json.dumps({
                         "stt": result.stt, "sentences": result.sentences, "emotion": result.emotion,
+                        "tool_calls": result.tool_calls,
                         "audio_seconds": round(audio_seconds, 2), "stopped": result.stopped,
                         "stt_ms": result.stt_ms, "tts_start_ms": result.tts_start_ms, "first_audio_ms": result.first_audio_ms,
                     }))
                 else:
                     self.stdout.write(f"heard: {result.stt!r}")
+                    for call in result.tool_calls:  # the simulated device runs them as the firmware would
+                        self.stdout.write(f"tool call: {call.get('name')} {json.dumps(call.get('arguments', {}))}")
                     self.stdout.write(f"answer: {' '.join(result.sentences)!r} ({result.emotion})")
                     self.stdout.write(
                         f"audio: {audio_seconds:.1f} s in {len(result.audio)} frames; tts stop {'received' if result.stopped else 'MISSING'}"
