@@ -172,12 +172,19 @@ def compare_tools(args) -> None:
     medians = {name: v["ttfa_ms"]["median"] for name, v in report["variants"].items()}
     on = medians["tools on"]
     report["ratio_tools_on_vs"] = {name: round(on / m, 3) for name, m in medians.items() if name != "tools on" and m}
+    # The same question asked seconds apart on each server: the median of the per-turn ratios is
+    # steadier than the ratio of medians when the machine's load drifts.
+    own = report["variants"]["tools on"]["per_turn_ttfa_ms"]
+    report["paired_ratio_median_tools_on_vs"] = {
+        name: _median([a / b for a, b in zip(own, v["per_turn_ttfa_ms"]) if a and b])
+        for name, v in report["variants"].items() if name != "tools on"}
     out = Path(args.output or ROOT / "benchmarks" / "results" / f"turn_latency-tools-{args.mode}.json")
     out.write_text(json.dumps(report, indent=2))
     for name, v in report["variants"].items():
         print(f"{name:<44} TTFA median {v['ttfa_ms']['median']} ms, p95 {v['ttfa_ms']['p95']} ms, "
               f"answered {v['answered']}/{args.turns}, tool calls {v['turns_that_called_a_tool']}")
-    print(f"ratio (tools on / other): {report['ratio_tools_on_vs']}\nwritten to {out}")
+    print(f"ratio of medians (tools on / other): {report['ratio_tools_on_vs']}; "
+          f"median of paired ratios: {report['paired_ratio_median_tools_on_vs']}\nwritten to {out}")
 
 
 async def _interleaved(bases: list[str], turns: int, mode: str, speech: dict) -> list[tuple[list, str]]:
@@ -213,7 +220,7 @@ def _rows(db: Path, device_id: str) -> list[dict]:
 
 def _median(values):
     values = [v for v in values if v is not None]
-    return round(statistics.median(values), 1) if values else None
+    return round(statistics.median(values), 3) if values else None
 
 
 def summarise(results, rows, args) -> dict:
