@@ -142,3 +142,22 @@ async def test_abort_during_a_tool_call_stops_once_forgets_the_call_and_ignores_
         await c.settle()
         assert c.sent[seen:] == [] and c.count("tts:stop") == 1, dump(c.sent)
         assert c.session.state == "listening" and not c.session.closed
+
+
+async def test_barge_in_during_a_tool_call_cancels_the_turn_and_forgets_the_call():
+    device = SilentOnCalls()
+    async with Conversation(asr=FakeASR("Set the volume to thirty."), llm=FakeLLM("unused"), tools=True,
+                            device_tools=device) as c:
+        await tools_listed(c)
+        await c.listen("start", "realtime")
+        c.say(0.3)
+        await c.wire.wait(lambda s: isinstance(s.message, Mcp) and s.message.payload.get("method") == "tools/call", 5)
+        c.say(0.3)  # the user speaks over the (silent) reply: barge-in, then a new turn
+        stop = await c.until("tts", "stop")
+        first = (await c.turns_recorded(1))[0]
+        assert first.error == "aborted" and first.as_row().tool_calls[0]["result"].startswith("cancelled")
+        second_call = await c.wire.wait(
+            lambda s: isinstance(s.message, Mcp) and s.message.payload.get("method") == "tools/call",
+            5, since=c.sent.index(stop))
+        assert c.session.mcp.pending_calls == 1  # only the new turn's call waits; the first was forgotten
+        assert second_call.message.payload["id"] == CALL_ID_FIRST + 1

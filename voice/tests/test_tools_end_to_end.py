@@ -250,9 +250,11 @@ class Scripted(FirmwareTools):
 
     def answer(self, payload):
         method = payload.get("method") if isinstance(payload, dict) else None
-        if method == "tools/call" and self.on_call == "silent":
-            self.requests.append(dict(payload))
-            return []  # not run, not answered
+        if method == "tools/call" and self.on_call in ("silent", "error"):
+            self.requests.append(dict(payload))  # not run; not answered, or refused
+            if self.on_call == "error":
+                return [{"jsonrpc": "2.0", "id": payload["id"], "error": {"message": "Volume is locked by the parent"}}]
+            return []
         replies = super().answer(payload)
         if method == "tools/list":
             if self.pages == self.pad_page:
@@ -261,8 +263,6 @@ class Scripted(FirmwareTools):
         if method != "tools/call":
             return replies
         msg_id = payload["id"]
-        if self.on_call == "error":
-            return [{"jsonrpc": "2.0", "id": msg_id, "error": {"message": "Volume is locked by the parent"}}]
         if self.on_call == "junk":
             return [{"jsonrpc": "2.0", "id": msg_id + 777, "result": {"content": [{"type": "text", "text": "no"}]}},
                     {"jsonrpc": "2.0", "id": str(msg_id), "result": {"content": [{"type": "text", "text": "no"}]}},
@@ -284,6 +284,7 @@ async def test_an_error_without_code_is_a_failed_call_the_reply_still_ends(bundl
     device, result = await volume_turn(bundled, say, Scripted("error"))
     try:
         assert len(device.mcp_requests("tools/call")) == 1 and result.stopped and result.sentences
+        assert device.tools.volume == 70
         [row] = turn_rows(bundled[1], device, 1)
         [call] = row["tool_calls"]
         assert call["is_error"] and call["result"] == "error: Volume is locked by the parent"
