@@ -11,6 +11,7 @@ READINESS_IDS = {
     ("llm", "openai"): ("voice.E003", "Set XIAOZHI_LLM_BASE_URL (and XIAOZHI_LLM_MODEL)"),
     ("asr", "funasr"): ("voice.E006", "Set XIAOZHI_SENSEVOICE_MODEL_DIR to a SenseVoiceSmall folder, or another XIAOZHI_ASR_PROVIDER"),
     ("tts", "edge"): ("voice.E007", "Set XIAOZHI_EDGE_TTS_VOICE to a voice such as en-US-AriaNeural, or another XIAOZHI_TTS_PROVIDER"),
+    ("vllm", "openai"): ("voice.E013", "Set XIAOZHI_VLLM_BASE_URL (and XIAOZHI_VLLM_MODEL), or XIAOZHI_VLLM_PROVIDER= for no vision"),
 }
 
 
@@ -19,6 +20,8 @@ def check_voice_settings(app_configs=None, **kwargs):
     errors = []
     for kind in registry.KINDS:
         setting, name = registry.SETTING[kind], registry.resolve(kind)
+        if not name and kind in registry.OPTIONAL_KINDS:
+            continue  # none configured: the server runs without it
         if name not in registry.names(kind):
             errors.append(Error(f"{setting}={name!r} is not a known provider",
                                 hint=f"Use one of: {', '.join(sorted(registry.names(kind)))}", id="voice.E001"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-SERVICES = ("vad", "asr", "llm", "tts")
+SERVICES = ("vad", "asr", "llm", "tts", "vllm")  # vllm: vision (photo questions, voice/vision/)
 ENV_PREFIX = "XIAOZHI_PERF__"
 PROFILE_ENV = "XIAOZHI_PERFORMANCE_PROFILE"
 NO_PROFILE = "defaults"  # XIAOZHI_PERFORMANCE_PROFILE=defaults: use the defaults whatever the machine
@@ -344,7 +344,7 @@ def _order(path: str) -> tuple:
 def parse_limits(data: dict) -> dict[str, ServiceLimits]:
     """The service limits of one already merged mapping (its ``services`` only), checked."""
     if not isinstance(data.get("services"), dict):
-        raise PerformanceConfigError("services must be a mapping with vad, asr, llm and tts")
+        raise PerformanceConfigError(f"services must be a mapping with {', '.join(SERVICES)}")
     flat = _layer({"services": data["services"]}, "configuration")
     _require(flat, [f"services.{name}" for name in SERVICES])
     return _services(flat, {})

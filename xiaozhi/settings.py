@@ -223,6 +223,25 @@ XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_LLM_BREAKER_COOLDOWN_S
 # service's WebSocket URL (blank = edge-tts's own; set it for a relay, or a local fake in tests).
 XIAOZHI_EDGE_TTS_VOICE = env_str("XIAOZHI_EDGE_TTS_VOICE", "en-US-AriaNeural")
 XIAOZHI_EDGE_TTS_URL = env_str("XIAOZHI_EDGE_TTS_URL")
+# Vision (the camera tool's photo questions, voice/vision/): an OpenAI-compatible chat server that takes
+# images (hosted APIs, Ollama's vision models, llama.cpp's llama-server with a projector). Blank
+# provider = no vision: no device is offered the upload URL, and its camera tool answers by itself.
+XIAOZHI_VLLM_PROVIDER = env_str("XIAOZHI_VLLM_PROVIDER")
+XIAOZHI_VLLM_BASE_URL = env_str("XIAOZHI_VLLM_BASE_URL")
+XIAOZHI_VLLM_API_KEY = env_str("XIAOZHI_VLLM_API_KEY")
+XIAOZHI_VLLM_MODEL = env_str("XIAOZHI_VLLM_MODEL")
+XIAOZHI_VLLM_MAX_TOKENS = env_int("XIAOZHI_VLLM_MAX_TOKENS", 120, 8, 4096)
+XIAOZHI_VLLM_PROMPT = env_str(
+    "XIAOZHI_VLLM_PROMPT",
+    "You answer questions about a photo taken by a voice assistant's camera. Answer in one to three short "
+    "sentences of plain text, to be read aloud.",
+)
+# The upload URL handed to devices in MCP initialize (capabilities.vision.url); blank = derived from
+# XIAOZHI_WEBSOCKET_URL, else from the Host the device's socket came in on.
+XIAOZHI_VISION_URL = env_str("XIAOZHI_VISION_URL")
+XIAOZHI_VISION_MAX_IMAGE_BYTES = env_int("XIAOZHI_VISION_MAX_IMAGE_BYTES", 2 * 1024 * 1024, 1024)
+# Keep each photo in the database beside its question (bounded by the size limit above); off = size only.
+XIAOZHI_VISION_KEEP_IMAGES = env_bool("XIAOZHI_VISION_KEEP_IMAGES", False)
 XIAOZHI_MODEL_THREADS = env_int("XIAOZHI_MODEL_THREADS", 2, 1, 64)
 # Load and warm every configured model when the server starts (off in most tests, which load lazily).
 XIAOZHI_PRELOAD_MODELS = env_bool("XIAOZHI_PRELOAD_MODELS", True)

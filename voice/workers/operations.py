@@ -90,6 +90,12 @@ def tts_frames(tts_name: str, text: str, voice: str | None, output_rate: int, *,
         yield tail
 
 
+@operation("describe_image")
+def describe_image(vllm_name: str, question: str, image: bytes, mime: str, model: str | None = None) -> str:
+    """The vision provider's answer to a question about a photo (the camera tool's upload)."""
+    return registry.get_vllm(vllm_name).describe(question, image, mime, model=model)
+
+
 @operation("prefill")
 def prefill(llm_name: str, messages: list[dict]) -> None:
     """Pre-evaluate a conversation so the next turn's prompt is cached; a no-op for LLMs without it."""
