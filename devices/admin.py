@@ -6,14 +6,15 @@ from django.urls import path, reverse
 
 from devices import records
 from devices.forms import AgentConfigForm, BindActivationCodeForm
-from devices.models import AgentConfig, Device, DeviceSession, Turn
+from devices.models import AgentConfig, Device, DeviceSession, Turn, VisionQuery
 
 
 @admin.register(AgentConfig)
 class AgentConfigAdmin(admin.ModelAdmin):
     form = AgentConfigForm
     list_display = (
-        "name", "is_default", "voice", "asr_provider", "llm_provider", "tts_provider", "llm_model", "updated_at",
+        "name", "is_default", "voice", "asr_provider", "llm_provider", "tts_provider", "llm_model", "vllm_provider",
+        "updated_at",
     )
     list_filter = ("is_default",)
     search_fields = ("name", "system_prompt")
@@ -26,7 +27,7 @@ class DeviceAdmin(admin.ModelAdmin):
     search_fields = ("device_id", "client_id", "board")
     list_select_related = ("agent",)
     readonly_fields = ("activation_code", "activation_code_expires_at", "online", "last_seen", "created_at",
-                       "recent_turns")
+                       "recent_turns", "recent_photo_questions")
     actions = ["mark_activated"]
 
     @admin.display(description="Recent turns (ms after end of speech)")
@@ -48,6 +49,24 @@ class DeviceAdmin(admin.ModelAdmin):
         return format_html('<table class="recent-turns"><thead><tr><th>When</th><th>User said</th><th>ASR</th>'
                            "<th>LLM 1st token</th><th>1st sentence</th><th>TTS 1st audio</th><th>1st audio sent</th>"
                            "<th>Error</th></tr></thead><tbody>{}</tbody></table>", rows)
+
+    @admin.display(description="Recent photo questions")
+    def recent_photo_questions(self, obj):
+        """Read-only: what the camera tool asked and was told, with the time it took."""
+        if obj is None or obj.pk is None:
+            return "-"
+        from django.utils.html import format_html, format_html_join
+
+        rows = obj.vision_queries.order_by("-asked_at")[:10]
+        if not rows:
+            return "No photo questions yet."
+        cells = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (f"{q.asked_at:%Y-%m-%d %H:%M:%S}", q.question[:80], q.answer[:120],
+             "-" if q.seconds is None else f"{q.seconds:.1f} s", f"{q.image_bytes} B", q.error or "")
+            for q in rows))
+        return format_html('<table class="recent-photo-questions"><thead><tr><th>When</th><th>Question</th>'
+                           "<th>Answer</th><th>Time</th><th>Photo</th><th>Error</th></tr></thead><tbody>{}</tbody>"
+                           "</table>", cells)
 
     @admin.action(description="Mark selected devices activated", permissions=["change"])
     def mark_activated(self, request, queryset):
@@ -117,3 +136,25 @@ class TurnAdmin(ReadOnlyAdmin):
     list_filter = ("interrupted", "device")
     search_fields = ("user_text", "reply_text")
     list_select_related = ("device",)
+
+
+@admin.register(VisionQuery)
+class VisionQueryAdmin(ReadOnlyAdmin):
+    list_display = ("asked_at", "device", "question", "answer", "seconds", "image_bytes", "turn", "error")
+    list_filter = ("device",)
+    search_fields = ("question", "answer", "device__device_id")
+    list_select_related = ("device", "turn")
+    exclude = ("image",)
+    readonly_fields = ("photo",)
+
+    @admin.display(description="Photo")
+    def photo(self, obj):
+        """The kept photo inline (XIAOZHI_VISION_KEEP_IMAGES), else a note that only its size was kept."""
+        from base64 import b64encode
+
+        from django.utils.html import format_html
+
+        if not obj.image:
+            return "Not kept (XIAOZHI_VISION_KEEP_IMAGES is off)."
+        return format_html('<img src="data:{};base64,{}" style="max-width: 480px">', obj.image_type,
+                           b64encode(bytes(obj.image)).decode("ascii"))

@@ -33,7 +33,7 @@ class AgentConfigForm(forms.ModelForm):
         from voice.providers import registry, requirements
 
         cleaned = super().clean()
-        for kind in ("asr", "llm", "tts"):
+        for kind in ("asr", "llm", "tts", "vllm"):
             field = f"{kind}_provider"
             name = cleaned.get(field)
             problem = requirements.problem(kind, name) if name else None

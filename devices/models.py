@@ -25,6 +25,12 @@ def tts_choices() -> list[tuple[str, str]]:
     return _provider_choices("tts")
 
 
+def vllm_choices() -> list[tuple[str, str]]:
+    from voice.providers import registry
+
+    return [*_provider_choices("vllm")[:1], (registry.NONE, "None (no vision)"), *_provider_choices("vllm")[1:]]
+
+
 def default_session_config(agent: AgentConfig | None = None) -> dict:
     """What a voice session uses; blank agent fields fall back to the server-wide settings."""
     from voice.providers import registry
@@ -36,6 +42,9 @@ def default_session_config(agent: AgentConfig | None = None) -> dict:
         "llm_provider": registry.resolve("llm", agent and agent.llm_provider),
         "tts_provider": registry.resolve("tts", agent and agent.tts_provider),
         "llm_model": (agent and agent.llm_model) or settings.XIAOZHI_LLM_MODEL,
+        # "" = no vision for this agent (none on the server, or the agent chose none)
+        "vllm_provider": registry.resolve("vllm", agent and agent.vllm_provider),
+        "vllm_model": (agent and agent.vllm_model) or settings.XIAOZHI_VLLM_MODEL,
     }
 
 
@@ -51,6 +60,11 @@ class AgentConfig(models.Model):
     llm_provider = models.CharField(max_length=20, blank=True, choices=llm_choices)
     tts_provider = models.CharField(max_length=20, blank=True, choices=tts_choices)
     llm_model = models.CharField(max_length=200, blank=True, help_text="Blank = the server's XIAOZHI_LLM_MODEL.")
+    vllm_provider = models.CharField(
+        "vision provider", max_length=20, blank=True, choices=vllm_choices,
+        help_text="Answers the camera tool's photo questions. Server default = XIAOZHI_VLLM_PROVIDER (blank there: none).")
+    vllm_model = models.CharField("vision model", max_length=200, blank=True,
+                                  help_text="Blank = the server's XIAOZHI_VLLM_MODEL.")
     is_default = models.BooleanField(default=False, help_text="Used by devices that have no agent of their own.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -135,3 +149,31 @@ class Turn(models.Model):
 
     def __str__(self) -> str:
         return f"{self.device} @ {self.created_at:%Y-%m-%d %H:%M:%S}" if self.created_at else str(self.device)
+
+
+class VisionQuery(models.Model):
+    """One photo question from a device's camera tool (POST /xiaozhi/vision/) and what it was told.
+    The photo itself is kept only with XIAOZHI_VISION_KEEP_IMAGES, bounded by the upload limit."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="vision_queries")
+    session = models.ForeignKey(DeviceSession, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="vision_queries", help_text="The device's open connection when it asked.")
+    turn = models.ForeignKey(Turn, null=True, blank=True, on_delete=models.SET_NULL, related_name="vision_queries",
+                             help_text="The turn whose tool call took the photo (set when that turn is recorded).")
+    asked_at = models.DateTimeField(db_index=True, help_text="When the upload arrived.")
+    question = models.TextField()
+    answer = models.TextField(blank=True, help_text="The text handed back to the device (a busy notice or apology on failure).")
+    error = models.CharField(max_length=255, blank=True)
+    provider = models.CharField(max_length=20, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    seconds = models.FloatField(null=True, blank=True, help_text="From the upload's arrival to the answer.")
+    image_bytes = models.PositiveIntegerField(default=0)
+    image_type = models.CharField(max_length=20, blank=True)
+    image = models.BinaryField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-asked_at"]
+        verbose_name = "photo question"
+
+    def __str__(self) -> str:
+        return f"{self.device} @ {self.asked_at:%Y-%m-%d %H:%M:%S}" if self.asked_at else str(self.device)

@@ -16,7 +16,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from devices.auth import DeviceIdentity
-from devices.models import AgentConfig, Device, DeviceSession, Turn, default_session_config
+from devices.models import AgentConfig, Device, DeviceSession, Turn, VisionQuery, default_session_config
 from voice.pipeline.turn_row import TurnRow
 
 @dataclass
@@ -146,12 +146,15 @@ def record_turn(device_pk: int, session_pk: int | None, row: TurnRow) -> int:
     speech_end_at = row.speech_end_at
     if speech_end_at is not None and timezone.is_naive(speech_end_at):
         speech_end_at = timezone.make_aware(speech_end_at)
-    return Turn.objects.create(
+    turn_pk = Turn.objects.create(
         device_id=device_pk, session_id=session_pk,
         user_text=str(row.user_text or ""), reply_text=str(row.reply_text or ""),
         error=_clip(row.error, Turn, "error"), interrupted=bool(row.interrupted),
         speech_end_at=speech_end_at, timings=dict(row.timings or {}), **row.latencies(),
     ).pk
+    if session_pk is not None:  # photos the camera tool took during this turn (its row comes at its end)
+        VisionQuery.objects.filter(session_id=session_pk, turn__isnull=True).update(turn_id=turn_pk)
+    return turn_pk
 
 
 def touch_device(device_pk: int) -> None:
