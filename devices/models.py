@@ -160,7 +160,7 @@ class VisionQuery(models.Model):
                                 related_name="vision_queries", help_text="The device's open connection when it asked.")
     turn = models.ForeignKey(Turn, null=True, blank=True, on_delete=models.SET_NULL, related_name="vision_queries",
                              help_text="The turn whose tool call took the photo (set when that turn is recorded).")
-    asked_at = models.DateTimeField(db_index=True, help_text="When the upload arrived.")
+    asked_at = models.DateTimeField(db_index=True, help_text="When the checked upload was put to the vision service.")
     question = models.TextField()
     answer = models.TextField(blank=True, help_text="The text handed back to the device (a busy notice or apology on failure).")
     error = models.CharField(max_length=255, blank=True)

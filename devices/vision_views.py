@@ -20,13 +20,16 @@ the event loop nor the one thread Django's synchronous views and the sockets' da
 """
 from __future__ import annotations
 
+import io
 import logging
 import time
+from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpResponse
+from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
@@ -65,20 +68,38 @@ def image_type(data: bytes) -> str | None:
     return None
 
 
-def _read_upload(request) -> tuple[str, bytes | None, int]:
-    """Parse the multipart body (blocking: run off the loop). (question, file bytes or None, file size)."""
-    question = (request.POST.get("question") or "").strip()[:MAX_QUESTION_CHARS]
-    upload = request.FILES.get("file")
+@dataclass
+class Upload:
+    question: str = ""
+    image: bytes | None = None  # None: no file field
+    size: int = 0  # of the photo, or of the whole body when that alone is over the limit
+    malformed: str = ""
+
+
+def _read_upload(request) -> Upload:
+    """Read (at most the limit plus the framing) and parse the multipart body; blocking, run off the loop.
+
+    Parsed here rather than through ``request.POST``: the firmware sends its body chunked, without
+    Content-Length, and Django's own parser takes a body without one for an empty one."""
+    cap = settings.XIAOZHI_VISION_MAX_IMAGE_BYTES + MULTIPART_SLACK
+    body = request.read(cap + 1)
+    if len(body) > cap:
+        return Upload(size=len(body))
+    meta = {**request.META, "CONTENT_LENGTH": str(len(body))}
+    try:
+        fields, files = MultiPartParser(meta, io.BytesIO(body), request.upload_handlers, request.encoding).parse()
+    except MultiPartParserError as exc:
+        return Upload(malformed=str(exc))
+    question = (fields.get("question") or "").strip()[:MAX_QUESTION_CHARS]
+    upload = files.get("file")
     if upload is None:
-        return question, None, 0
-    if upload.size > settings.XIAOZHI_VISION_MAX_IMAGE_BYTES:
-        return question, b"", upload.size
-    return question, upload.read(), upload.size
+        return Upload(question)
+    return Upload(question, upload.read(), upload.size)
 
 
 @csrf_exempt
 async def upload(request):
-    arrived, asked_at = time.monotonic(), timezone.now()
+    arrived = time.monotonic()
     if request.method != "POST":
         return _refuse(405, "POST a multipart question and file (the camera tool's upload).")
     authorization = request.headers.get("Authorization", "").strip()
@@ -110,13 +131,16 @@ async def upload(request):
         return _refuse(413, f"The upload is {declared} bytes; photos may be at most {limit} bytes.")
     if not request.content_type.startswith("multipart/form-data"):
         return _refuse(400, "Send multipart/form-data with a question field and a file field.")
-    question, image, size = await sync_to_async(_read_upload, thread_sensitive=False)(request)
+    parsed = await sync_to_async(_read_upload, thread_sensitive=False)(request)
+    question, image = parsed.question, parsed.image
+    if parsed.size > limit:
+        return _refuse(413, f"The upload is {parsed.size} bytes; photos may be at most {limit} bytes.")
+    if parsed.malformed:
+        return _refuse(400, f"Malformed multipart body: {parsed.malformed}")
     if not question:
         return _refuse(400, "Missing question: the multipart field 'question' is empty or absent.")
     if image is None:
         return _refuse(400, "Missing file: the multipart field 'file' with the photo is absent.")
-    if size > limit:
-        return _refuse(413, f"The photo is {size} bytes; photos may be at most {limit} bytes.")
     mime = image_type(image)
     if mime is None:
         return _refuse(415, "The file is not a JPEG or PNG photo.")
@@ -125,6 +149,9 @@ async def upload(request):
 
     live_stats.incr("vision_requests")
     error = ""
+    # Taken with no await before the service admits the call, so rows in asked_at order are in the
+    # order the vision service's queue saw them.
+    asked_at = timezone.now()
     try:
         answer = await services()["vllm"].call("describe_image", context.vllm_provider, question, image, mime,
                                                context.vllm_model or None, owner=device_id)

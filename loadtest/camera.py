@@ -68,8 +68,9 @@ async def upload_photo(url: str, token: str, device_id: str, client_id: str, que
     """Post the photo as the camera tool does (chunked) and return the answer text; raises
     ``PhotoRefused`` for any status but 200, as the tool call then fails on the device."""
     boundary = f"----ESP32_CAMERA_BOUNDARY_{secrets.token_hex(8)}"
-    headers = {"Device-Id": device_id, "Client-Id": client_id, "Authorization": f"Bearer {token}",
-               "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    headers = {"Device-Id": device_id, "Client-Id": client_id, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    if token:  # (an empty token: a device that was offered none)
+        headers["Authorization"] = f"Bearer {token}"
     body = multipart(question, jpeg, boundary)
     own = client is None
     client = client or httpx.AsyncClient(timeout=timeout)

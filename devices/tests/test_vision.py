@@ -177,6 +177,9 @@ async def test_a_photo_over_the_size_limit_is_413(device, fake_vision, settings)
     assert len(JPEG) > 2048
     response = await upload()
     assert response.status_code == 413 and "at most 2048 bytes" in response.content.decode()
+    settings.XIAOZHI_VISION_MAX_IMAGE_BYTES = 1024 * 1024
+    response = await upload(image=JPEG + bytes(1024 * 1024))  # the body alone is over the limit and framing
+    assert response.status_code == 413
     assert fake_vision.seen == []  # (a declared Content-Length over the limit: test_vision_server.py)
 
 
