@@ -10,12 +10,14 @@ def server_defaults(settings):
     settings.XIAOZHI_SYSTEM_PROMPT = "Server prompt"
     settings.XIAOZHI_ASR_PROVIDER, settings.XIAOZHI_LLM_PROVIDER = "whisper", "smollm2"
     settings.XIAOZHI_TTS_PROVIDER, settings.XIAOZHI_LLM_MODEL = "piper", ""
+    settings.XIAOZHI_VLLM_PROVIDER, settings.XIAOZHI_VLLM_MODEL = "", ""
 
 
 def test_without_an_agent_the_session_uses_the_server_defaults():
     assert default_session_config() == {
         "system_prompt": "Server prompt", "voice": "", "asr_provider": "whisper",
         "llm_provider": "smollm2", "tts_provider": "piper", "llm_model": "",
+        "vllm_provider": "", "vllm_model": "",
     }
 
 
@@ -24,6 +26,7 @@ def test_blank_agent_fields_fall_back_to_the_server_defaults():
     assert agent.session_config() == {
         "system_prompt": "Server prompt", "voice": "zh_CN-huayan", "asr_provider": "whisper",
         "llm_provider": "smollm2", "tts_provider": "edge", "llm_model": "gpt-4o-mini",
+        "vllm_provider": "", "vllm_model": "",
     }
 
 
