@@ -192,6 +192,8 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
            "XIAOZHI_IDLE_TIMEOUT_SECONDS": "3600", "XIAOZHI_MONITORING_SCHEDULER": "off", "LOG_LEVEL": "WARNING",
            # room for every benchmark device (the profile's socket cap and VAD queue are sized for production)
            "XIAOZHI_PERF__SERVER__MAX_CONNECTIONS": str(devices + 50),
+           # every simulated device comes from 127.0.0.1, which reads the API without a token here
+           "XIAOZHI_RATE_LIMIT_EXEMPT": "127.0.0.1", "XIAOZHI_MONITORING_PUBLIC": "true",
            "XIAOZHI_PERF__SERVICES__VAD__QUEUE_SIZE": str(2 * devices + 50)}
     with local_server("fake", env=env) as base:
         server = psutil.Process(_server_pid())

@@ -61,7 +61,8 @@ def main():
     overrides = {"XIAOZHI_DATA_DIR": str(workdir), "SQLITE_PATH": str(workdir / "db.sqlite3"),
                  "XIAOZHI_PRELOAD_MODELS": "false", "XIAOZHI_HELLO_TIMEOUT_SECONDS": "3600",
                  "XIAOZHI_IDLE_TIMEOUT_SECONDS": "3600", "XIAOZHI_UNBOUND_SESSION_SECONDS": "3600",
-                 "XIAOZHI_MONITORING_SCHEDULER": "off",
+                 "XIAOZHI_MONITORING_SCHEDULER": "off", "XIAOZHI_MONITORING_PUBLIC": "true",
+                 "XIAOZHI_RATE_LIMIT_EXEMPT": "127.0.0.1",
                  "XIAOZHI_MONITORING_REDIS_PREFIX": f"bench-monitoring-{os.getpid()}:"}
     os.environ.update(overrides)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xiaozhi.settings")

@@ -1,10 +1,14 @@
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import F
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 
-from devices import records
+from devices import rate_limits, records
+from devices.client_address import client_address
 from devices.forms import AgentConfigForm, BindActivationCodeForm
 from devices.models import AgentConfig, Device, DeviceSession, Turn, VisionQuery
 
@@ -22,13 +26,14 @@ class AgentConfigAdmin(admin.ModelAdmin):
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
-    list_display = ("device_id", "board", "firmware_version", "activated", "online", "last_seen", "agent")
+    list_display = ("device_id", "board", "firmware_version", "activated", "bound_client_id", "online", "last_seen",
+                    "agent")
     list_filter = ("online", "activated", "agent")
     search_fields = ("device_id", "client_id", "board")
     list_select_related = ("agent",)
-    readonly_fields = ("activation_code", "activation_code_expires_at", "online", "last_seen", "created_at",
-                       "recent_turns", "recent_photo_questions")
-    actions = ["mark_activated"]
+    readonly_fields = ("activation_code", "activation_code_expires_at", "bound_client_id", "bound_at", "online",
+                       "last_seen", "created_at", "recent_turns", "recent_photo_questions")
+    actions = ["mark_activated", "reset_binding"]
 
     @admin.display(description="Recent turns (ms after end of speech)")
     def recent_turns(self, obj):
@@ -70,8 +75,19 @@ class DeviceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Mark selected devices activated", permissions=["change"])
     def mark_activated(self, request, queryset):
+        """Binds each to the Client-Id it last polled with (if any; else to the next one seen)."""
         count = queryset.update(activated=True, activation_code="", activation_code_expires_at=None)
+        queryset.filter(bound_client_id="").exclude(client_id="").update(bound_client_id=F("client_id"),
+                                                                           bound_at=timezone.now())
         self.message_user(request, f"{count} device(s) marked activated.", messages.SUCCESS)
+
+    @admin.action(description="Reset binding of selected devices (e.g. after a board or firmware reset)",
+                  permissions=["change"])
+    def reset_binding(self, request, queryset):
+        count = records.reset_binding(queryset)
+        then = ("must be activated again with a new code" if settings.XIAOZHI_ACTIVATION_REQUIRED
+                else "will be bound to the next client that polls or connects")
+        self.message_user(request, f"{count} device(s) unbound; each {then}.", messages.SUCCESS)
 
     def get_urls(self):
         bind = path("bind/", self.admin_site.admin_view(self.bind_view), name="devices_device_bind")
@@ -82,10 +98,20 @@ class DeviceAdmin(admin.ModelAdmin):
         if not self.has_change_permission(request):
             raise PermissionDenied
         form = BindActivationCodeForm(request.POST or None)
+        address = client_address(request)
+        if request.method == "POST":
+            # Wrong codes are limited per address and in total, so 6 digits cannot be walked through.
+            for limit, key in (("activation_code_failures_per_address", address), ("activation_code_failures_total", "all")):
+                verdict = rate_limits.peek(limit, key)
+                if not verdict.allowed:
+                    return rate_limits.too_many_requests(
+                        verdict, f"too many wrong activation codes; retry in {verdict.retry_after} s")
         if request.method == "POST" and form.is_valid():
             try:
                 device = records.bind_activation_code(form.cleaned_data["code"], form.cleaned_data["agent"])
             except ValueError as exc:
+                rate_limits.hit("activation_code_failures_per_address", address)
+                rate_limits.hit("activation_code_failures_total", "all")
                 form.add_error("code", str(exc))
             else:
                 self.message_user(request, f"Device {device.device_id} activated", messages.SUCCESS)

@@ -7,12 +7,15 @@ the consumer accepts and then closes with the error code, so the device can show
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from django.conf import settings
 
+from devices import rate_limits
+from devices.client_address import client_address
 from devices.device_ids import normalize_device_id
 from devices.tokens import verify_token
 from voice.protocol import CloseCode
@@ -42,12 +45,6 @@ def _query(scope) -> dict[str, str]:
     return {name.lower(): values[-1] for name, values in parse_qs(raw, keep_blank_values=True).items()}
 
 
-def _remote_addr(scope, headers: dict[str, str]) -> str:
-    forwarded = headers.get("x-forwarded-for", "").split(",")[0].strip()
-    client = scope.get("client") or ("",)
-    return headers.get("x-real-ip", "").strip() or forwarded or str(client[0] or "")
-
-
 def _is_allow_listed(device_id: str) -> bool:
     return device_id in {normalize_device_id(d) for d in settings.XIAOZHI_ALLOWED_DEVICES}
 
@@ -60,7 +57,7 @@ def identify(scope) -> DeviceIdentity:
     raw_device_id = source.get("device-id", "").strip()
     device_id = normalize_device_id(raw_device_id)
     client_id = source.get("client-id", "").strip() or device_id or ""
-    remote_addr = _remote_addr(scope, headers)
+    remote_addr = client_address(scope)
     protocol_version = headers.get("protocol-version")
 
     def identity(error_code=None, error_reason=""):
@@ -80,6 +77,19 @@ def identify(scope) -> DeviceIdentity:
     return identity(CloseCode.UNAUTHORIZED, reason)
 
 
+async def rate_limited(identity: DeviceIdentity) -> DeviceIdentity:
+    """Every handshake counts against its address's and its device's limits, refused ones too (a
+    flood of bad tokens is still a flood); over a limit the verdict becomes 4429."""
+    verdict = await rate_limits.ahit_all(identity.remote_addr, "handshake_per_address",
+                                         identity.device_id, "handshake_per_device")
+    if verdict.allowed:
+        return identity
+    logger.warning("Refused device %s from %s: over rate limit %s", identity.device_id, identity.remote_addr,
+                   verdict.limit)
+    return dataclasses.replace(identity, error_code=CloseCode.RATE_LIMITED,
+                               error_reason=f"too many connections; retry in {verdict.retry_after} s")
+
+
 class DeviceAuthMiddleware:
     """ASGI middleware putting ``scope["device_identity"]`` on websocket scopes; it never closes."""
 
@@ -88,5 +98,5 @@ class DeviceAuthMiddleware:
 
     async def __call__(self, scope, receive, send):
         if scope.get("type") == "websocket":
-            scope = dict(scope, device_identity=identify(scope))
+            scope = dict(scope, device_identity=await rate_limited(identify(scope)))
         return await self.inner(scope, receive, send)

@@ -1,4 +1,5 @@
-"""How many device sockets this process holds, against performance.yaml's ``server.max_connections``.
+"""How many device sockets this process holds, against performance.yaml's ``server.max_connections``,
+and how many each client address holds, against ``server.max_connections_per_address``.
 
 A socket holds its slot from its arrival to its disconnect, not only once its session runs, so a
 burst of handshakes cannot overshoot while each waits for its database registration. Each Daphne
@@ -43,4 +44,37 @@ class ConnectionSlots:
                 del self._by_device[device_id]
 
 
+class AddressSlots:
+    """One ConnectionSlots per client address, dropped when its last socket leaves (bounded by the
+    sockets held). The same device-replaces-itself rule: a device reconnecting from its address is
+    let in over the cap, its old socket is about to go."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_address: dict[str, ConnectionSlots] = {}
+
+    def held(self, address: str) -> int:
+        with self._lock:
+            pool = self._by_address.get(address)
+            return pool.held if pool else 0
+
+    def try_acquire(self, limit: int, address: str, device_id: str) -> bool:
+        with self._lock:
+            pool = self._by_address.setdefault(address, ConnectionSlots())
+            acquired = pool.try_acquire(limit, device_id)
+            if not pool.held:
+                del self._by_address[address]
+            return acquired
+
+    def release(self, address: str, device_id: str) -> None:
+        with self._lock:
+            pool = self._by_address.get(address)
+            if pool is None:
+                return
+            pool.release(device_id)
+            if not pool.held:
+                del self._by_address[address]
+
+
 slots = ConnectionSlots()
+address_slots = AddressSlots()

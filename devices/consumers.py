@@ -5,7 +5,9 @@ would delay every later audio frame and every ``abort`` on the socket. Binary fr
 the session without awaiting; text frames are parsed and answered at once.
 
 Past ``server.max_connections`` sockets in this process a new one is accepted and closed at once with
-4503 "server full" (counted as ``connections_refused``), before anything is registered or started.
+4503 "server full" (counted as ``connections_refused``), before anything is registered or started;
+past ``server.max_connections_per_address`` from one client address, with 4429. A device bound to
+another Client-Id is closed with 4403 before its session could replace the real device's.
 The hello must arrive within ``server.connection_timeout`` of the socket's arrival.
 """
 from __future__ import annotations
@@ -16,8 +18,8 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from devices import records
-from devices.connection_limits import slots
+from devices import rate_limits, records
+from devices.connection_limits import address_slots, slots
 from voice import live_stats
 from voice.conf import performance_config
 from voice.protocol import CloseCode, negotiate_binary_version
@@ -37,6 +39,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
     closed = False
     counted = False  # whether this connection is in the connected_devices gauge
     holds_slot = False  # whether this connection counts against server.max_connections
+    holds_address_slot = False  # whether it counts against server.max_connections_per_address
 
     async def connect(self):
         arrived = time.monotonic()
@@ -54,8 +57,23 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             await self.close(code=CloseCode.SERVER_FULL, reason="server full")
             return
         self.holds_slot = True
+        if not rate_limits.exempt(identity.remote_addr):
+            per_address = performance_config().server.max_connections_per_address
+            if not address_slots.try_acquire(per_address, identity.remote_addr, identity.device_id):
+                self._release_slot()
+                live_stats.incr("connections_refused")
+                log.warning("refused %s from %s: %d sockets from this address (server.max_connections_per_address)",
+                            identity.device_id, identity.remote_addr, per_address)
+                await self.close(code=CloseCode.RATE_LIMITED, reason="too many connections from this address")
+                return
+            self.holds_address_slot = True
         try:
             await self._start_session(identity, arrived)
+        except records.BoundElsewhere:
+            self._release_slot()
+            log.warning("refused %s (client %s) from %s: the device is bound to another client (takeover attempt)",
+                        identity.device_id, identity.client_id, identity.remote_addr)
+            await self.close(code=CloseCode.FORBIDDEN, reason="device bound to another client")
         except BaseException:
             self._release_slot()
             raise
@@ -103,9 +121,13 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             await self.session.handle_text(text_data)
 
     def _release_slot(self) -> None:
+        identity = self.scope["device_identity"]
         if self.holds_slot:
             self.holds_slot = False
-            slots.release(self.scope["device_identity"].device_id)
+            slots.release(identity.device_id)
+        if self.holds_address_slot:
+            self.holds_address_slot = False
+            address_slots.release(identity.remote_addr, identity.device_id)
 
     async def disconnect(self, code):
         self.closed = True
@@ -142,7 +164,8 @@ class DeviceConsumer(AsyncWebsocketConsumer):
     async def close(self, code=None, reason=None):  # noqa: D401 - the session's transport close too
         if not self.closed:
             self.closed = True
-            await super().close(code=code, reason=reason)
+            # int(): autobahn (Daphne) refuses any close code whose type is not exactly int, CloseCode too.
+            await super().close(code=None if code is None else int(code), reason=reason)
 
     async def _record_turn(self, record) -> None:
         await database_sync_to_async(records.record_turn)(self.info.device_pk, self.info.session_pk, record.as_row())

@@ -89,6 +89,10 @@ class AgentConfig(models.Model):
 class Device(models.Model):
     device_id = models.CharField(max_length=64, unique=True, help_text="MAC address, lower case with ':'.")
     client_id = models.CharField(max_length=128, blank=True)
+    # The Client-Id the device was bound to when activated (with activation off: the first one seen).
+    # Tokens and sessions go to that Client-Id only; the admin's "Reset binding" action clears it.
+    bound_client_id = models.CharField(max_length=128, blank=True)
+    bound_at = models.DateTimeField(null=True, blank=True)
     board = models.CharField(max_length=100, blank=True)
     firmware_version = models.CharField(max_length=64, blank=True)
     activated = models.BooleanField(default=False)

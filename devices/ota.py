@@ -14,7 +14,8 @@ from django.db import DatabaseError
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from devices import records
+from devices import rate_limits, records
+from devices.client_address import client_address
 from devices.device_ids import normalize_device_id
 from devices.models import Device
 from devices.tokens import issue_token
@@ -64,6 +65,8 @@ def _device_id_error(raw: str):
 
 
 def websocket_url(request) -> str:
+    """The configured URL, else this server as the request named it: ``get_host()`` checks the Host
+    against ALLOWED_HOSTS (400 for any other), so a forged Host cannot send a device elsewhere."""
     if settings.XIAOZHI_WEBSOCKET_URL:
         return settings.XIAOZHI_WEBSOCKET_URL
     scheme = "wss" if request.is_secure() else "ws"
@@ -99,6 +102,22 @@ def _answer(request, device_id: str, client_id: str, firmware_version: str, devi
     return answer
 
 
+def _limited(request, kind: str, device_id: str | None):
+    """A 429 (with Retry-After) when the client address or the device is over its ``kind`` limits."""
+    verdict = rate_limits.hit_all(client_address(request), f"{kind}_per_address", device_id, f"{kind}_per_device")
+    if verdict.allowed:
+        return None
+    logger.warning("%s: %s from %s over rate limit %s", kind, device_id or "-", client_address(request), verdict.limit)
+    return _with_cors(rate_limits.too_many_requests(verdict, f"too many {kind} requests; retry in {verdict.retry_after} s"))
+
+
+def _bound_elsewhere(request, refused: records.BoundElsewhere):
+    logger.warning("OTA: refused device %s to client %s from %s: bound to another client",
+                   refused.device_id, refused.client_id, client_address(request))
+    return _json({"error": f"device {refused.device_id} is bound to another client; "
+                           "an administrator can reset its binding"}, status=403)
+
+
 @csrf_exempt
 def ota(request):
     if request.method == "OPTIONS":
@@ -108,6 +127,9 @@ def ota(request):
     body = _body(request)
     raw_device_id = _raw_device_id(request, body)
     device_id = normalize_device_id(raw_device_id)
+    refused = _limited(request, "ota", device_id)
+    if refused:
+        return refused
     if device_id is None:
         return _device_id_error(raw_device_id)
     client_id = request.headers.get("Client-Id", "").strip() or device_id
@@ -117,6 +139,8 @@ def ota(request):
     try:
         device = records.record_ota_poll(device_id, client_id, board, firmware_version)
         return _json(_answer(request, device_id, client_id, firmware_version, device))
+    except records.BoundElsewhere as refused:
+        return _bound_elsewhere(request, refused)
     except DatabaseError:
         # The device can still reach the socket; the connection records it again there.
         logger.exception("OTA: could not record device %s", device_id)
@@ -132,6 +156,9 @@ def activate(request):
         return _json({"error": "POST only"}, status=405)
     raw_device_id = _raw_device_id(request, _body(request))
     device_id = normalize_device_id(raw_device_id)
+    refused = _limited(request, "activate", device_id)
+    if refused:
+        return refused
     if device_id is None:
         return _device_id_error(raw_device_id)
     if not settings.XIAOZHI_ACTIVATION_REQUIRED:

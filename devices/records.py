@@ -12,12 +12,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from devices.auth import DeviceIdentity
 from devices.models import AgentConfig, Device, DeviceSession, Turn, VisionQuery, default_session_config
 from voice.pipeline.turn_row import TurnRow
+
+class BoundElsewhere(Exception):
+    """The device is bound to another Client-Id: no token and no session for this one."""
+
+    def __init__(self, device_id: str, client_id: str):
+        super().__init__(f"device {device_id} is bound to another client")
+        self.device_id, self.client_id = device_id, client_id
+
 
 @dataclass
 class ConnectionInfo:
@@ -39,6 +47,40 @@ def get_or_create_device(device_id: str) -> Device:
         device_id=device_id, defaults={"activated": not settings.XIAOZHI_ACTIVATION_REQUIRED}
     )
     return device
+
+
+def _claim(device: Device, client_id: str) -> None:
+    """Binding on first use: an activated device without a binding is bound to this Client-Id
+    (with activation off every device is activated from its first poll). A bound device refuses any
+    other Client-Id. Unactivated devices stay unbound until their code is bound in the admin."""
+    client_id = _clip(client_id, Device, "bound_client_id")
+    if device.bound_client_id:
+        if device.bound_client_id != client_id:
+            raise BoundElsewhere(device.device_id, client_id)
+        return
+    if not device.activated:
+        if device.client_id and device.client_id != client_id and device.activation_code:
+            # The code shown belongs to the client it was issued to: another client polling for the
+            # same MAC gets a fresh code, and binding the one it shows binds that client, no other.
+            Device.objects.filter(pk=device.pk).update(activation_code="", activation_code_expires_at=None)
+            device.activation_code, device.activation_code_expires_at = "", None
+        return
+    now = timezone.now()
+    if Device.objects.filter(pk=device.pk, bound_client_id="").update(bound_client_id=client_id, bound_at=now):
+        device.bound_client_id, device.bound_at = client_id, now
+        return
+    device.refresh_from_db(fields=["bound_client_id", "bound_at"])  # another request bound it first
+    if device.bound_client_id != client_id:
+        raise BoundElsewhere(device.device_id, client_id)
+
+
+def reset_binding(queryset) -> int:
+    """Forget the devices' bindings: the next Client-Id to poll binds (or, with activation required,
+    the device must be activated again with a new code)."""
+    updates = {"bound_client_id": "", "bound_at": None}
+    if settings.XIAOZHI_ACTIVATION_REQUIRED:
+        updates.update(activated=False, activation_code="", activation_code_expires_at=None)
+    return queryset.update(**updates)
 
 
 def needs_activation(device: Device) -> bool:
@@ -84,7 +126,9 @@ def bind_activation_code(code: str, agent: AgentConfig | None = None) -> Device:
         raise ValueError(f"No device is waiting with activation code {code}.")
     if not device.activation_code_expires_at or device.activation_code_expires_at <= timezone.now():
         raise ValueError(f"Activation code {code} has expired; restart the device to get a new one.")
-    updates = {"activated": True, "activation_code": "", "activation_code_expires_at": None}
+    updates = {"activated": True, "activation_code": "", "activation_code_expires_at": None,
+               "bound_client_id": _clip(device.client_id or device.device_id, Device, "bound_client_id"),
+               "bound_at": timezone.now()}
     if agent is not None:
         updates["agent"] = agent
     if not Device.objects.filter(pk=device.pk, activation_code=code).update(**updates):
@@ -94,7 +138,9 @@ def bind_activation_code(code: str, agent: AgentConfig | None = None) -> Device:
 
 
 def record_ota_poll(device_id: str, client_id: str, board: str, firmware_version: str) -> Device:
+    """Raises BoundElsewhere (and records nothing) for a bound device polled by another Client-Id."""
     device = get_or_create_device(device_id)
+    _claim(device, client_id)
     device.client_id = _clip(client_id, Device, "client_id")
     device.board = _clip(board, Device, "board") or device.board
     device.firmware_version = _clip(firmware_version, Device, "firmware_version") or device.firmware_version
@@ -107,6 +153,7 @@ def register_connection(identity: DeviceIdentity, protocol_version: int) -> Conn
     if not identity.device_id:
         raise ValueError("register_connection needs an identified device")
     device = get_or_create_device(identity.device_id)
+    _claim(device, identity.client_id)  # BoundElsewhere before anything is written
     # The session row goes in before the device is marked online: a concurrent close of an older
     # socket then either sees this session open or is followed by our online=True.
     session = DeviceSession.objects.create(
@@ -159,3 +206,17 @@ def record_turn(device_pk: int, session_pk: int | None, row: TurnRow) -> int:
 
 def touch_device(device_pk: int) -> None:
     Device.objects.filter(pk=device_pk).update(last_seen=timezone.now())
+
+
+def expire_devices(now: datetime | None = None) -> int:
+    """Delete devices that never activated or never opened a session, unseen for
+    XIAOZHI_DEVICE_EXPIRY_SECONDS (what a flood of OTA posts with made-up MACs leaves behind).
+    Devices an administrator gave an agent are kept."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.XIAOZHI_DEVICE_EXPIRY_SECONDS)
+    ever_connected = DeviceSession.objects.filter(device_id=OuterRef("pk"))
+    stale = (Device.objects.filter(online=False, agent__isnull=True)
+             .filter(Q(last_seen__lt=cutoff) | Q(last_seen__isnull=True, created_at__lt=cutoff))
+             .filter(Q(activated=False) | ~Exists(ever_connected)))
+    deleted, by_model = stale.delete()
+    return by_model.get(Device._meta.label, 0)

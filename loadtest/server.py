@@ -36,6 +36,9 @@ def local_server(profile: str = "bundled", env: dict | None = None, startup_time
     workdir = Path(tempfile.mkdtemp(prefix="xiaozhi-loadtest-"))
     environ = dict(os.environ, SQLITE_PATH=str(workdir / "db.sqlite3"), XIAOZHI_DATA_DIR=str(workdir))
     environ.pop("DATABASE_URL", None)
+    # Every simulated device comes from 127.0.0.1, and the load test reads /api/performance: the
+    # per-address limits and the monitoring token are for the open internet, not this local server.
+    environ.update(XIAOZHI_RATE_LIMIT_EXEMPT="127.0.0.1", XIAOZHI_MONITORING_PUBLIC="true")
     environ.update(PROFILES[profile])
     environ.update(env or {})
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=environ, check=True,

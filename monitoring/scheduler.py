@@ -2,7 +2,7 @@
 
 Every process publishes its own figures to Redis (when configured) so others can combine them; on
 the embedded default (no Redis, so no Celery beat) the same thread also writes snapshots, evaluates
-the rules and prunes. Started from asgi.py only, so tests and management commands never run it.
+the rules, prunes and expires never-activated devices. Started from asgi.py only, so tests and management commands never run it.
 """
 from __future__ import annotations
 
@@ -61,6 +61,9 @@ def _run() -> None:
                 next_snapshot = now + snapshot_every
             if does_snapshots() and now >= next_prune:
                 snapshots.prune()
+                from devices.records import expire_devices  # beat's devices-expire job, without Celery
+
+                expire_devices()
                 next_prune = now + 3600
         except Exception:  # noqa: BLE001 - keep monitoring alive through a bad tick
             log.exception("monitoring tick failed")

@@ -1,6 +1,7 @@
 """HTTP side of monitoring: /health, Prometheus /metrics, the JSON performance API and dashboard data."""
 from __future__ import annotations
 
+import functools
 import hmac
 from datetime import timedelta
 
@@ -20,6 +21,7 @@ from monitoring.models import Alert, MetricSnapshot
 from voice import live_stats
 from voice.conf import effective_config
 from voice.providers import registry
+from voice.workers import built_services
 
 
 def health(request):
@@ -43,7 +45,11 @@ def health(request):
     checks["models"] = registry.loaded_names()
     if settings.XIAOZHI_WORKER_BACKEND == "celery":
         checks.update(_voice_worker_checks())
-    healthy = all(checks[k] == "ok" for k in ("database", "cache", "redis", "voice_workers") if k in checks)
+    stalled = {name: state for name, service in built_services().items()
+               if (state := service.health()) != "ok"}
+    checks["voice_services"] = "ok" if not stalled else "; ".join(stalled.values())
+    healthy = all(checks[k] == "ok" for k in ("database", "cache", "redis", "voice_workers", "voice_services")
+                  if k in checks)
     return JsonResponse({"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503)
 
 
@@ -65,18 +71,37 @@ def _voice_worker_checks() -> dict:
     return {"voice_workers": status, "workers": detail}
 
 
-@require_GET
-def metrics(request):
-    return HttpResponse(prometheus.render(aggregate.current()), content_type="text/plain; version=0.0.4; charset=utf-8")
-
-
 def _token_ok(request) -> bool:
     token = settings.XIAOZHI_MONITORING_API_TOKEN
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
+def monitoring_access(view):
+    """/metrics and the read-only performance API show host names, pids and the configuration: a
+    bearer token (XIAOZHI_MONITORING_API_TOKEN), a staff session, or XIAOZHI_MONITORING_PUBLIC."""
+
+    @functools.wraps(view)
+    def guarded(request, *args, **kwargs):
+        if settings.XIAOZHI_MONITORING_PUBLIC or _token_ok(request) or (
+                request.user.is_authenticated and request.user.is_staff):
+            return view(request, *args, **kwargs)
+        response = JsonResponse({"error": "authentication required: a staff session or "
+                                          "Authorization: Bearer <XIAOZHI_MONITORING_API_TOKEN>"}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="xiaozhi-monitoring"'
+        return response
+
+    return guarded
+
+
 @require_GET
+@monitoring_access
+def metrics(request):
+    return HttpResponse(prometheus.render(aggregate.current()), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@require_GET
+@monitoring_access
 def performance(request):
     combined = aggregate.current()
     return JsonResponse({"metrics": combined["flat"], "processes": combined["processes"], "system": combined["system"],
@@ -86,6 +111,7 @@ def performance(request):
 
 
 @require_GET
+@monitoring_access
 def performance_websocket(request):
     combined = aggregate.current(with_database=False)
     c = combined["counters"]
@@ -99,6 +125,7 @@ def performance_websocket(request):
 
 
 @require_GET
+@monitoring_access
 def performance_operation(request, name: str):
     """One named operation: a latency stage (e.g. first_audio_sent_ms) or a worker service (e.g. asr)."""
     combined = aggregate.current(with_database=False)
@@ -111,6 +138,7 @@ def performance_operation(request, name: str):
 
 
 @require_GET
+@monitoring_access
 def performance_concurrency(request):
     combined = aggregate.current(with_database=False)
     return JsonResponse({"active_turns": combined["gauges"].get("active_turns", 0),

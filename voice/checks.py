@@ -1,6 +1,6 @@
 """Start-up checks: settings and performance.yaml are validated before the server serves anything."""
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 
 from voice.conf import PerformanceConfigError, performance_config
 from voice.providers import registry, requirements
@@ -77,3 +77,54 @@ def check_worker_backend(app_configs=None, **kwargs):
             f"XIAOZHI_WORKER_BACKEND=celery needs the Redis channel layer (CHANNEL_LAYERS is {layer.rsplit('.', 1)[-1]})",
             hint="Set REDIS_URL: workers send results over the channel layer", id="voice.E012"))
     return errors
+
+
+def auth_secret_problem() -> str | None:
+    """Why the token-signing secret cannot be trusted, or None. Tokens are HMACs under it: with the
+    repository's default key anyone can sign a valid token for any device."""
+    secret = settings.XIAOZHI_AUTH_SECRET or ""
+    if secret == getattr(settings, "DEFAULT_SECRET_KEY", None):
+        return "it is the public default SECRET_KEY from xiaozhi/settings.py"
+    if secret.startswith(("django-insecure-", "dev-only")):
+        return "it is marked insecure"
+    if len(secret) < 32 or len(set(secret)) < 5:
+        return "it is shorter than 32 characters or too repetitive"
+    return None
+
+
+@register()
+def check_device_security(app_configs=None, **kwargs):
+    errors = []
+    if settings.XIAOZHI_AUTH_ENABLED:
+        problem = auth_secret_problem()
+        if problem:
+            errors.append(Error(
+                f"XIAOZHI_AUTH_ENABLED is on but device tokens would be signed with a key anyone can use: {problem}",
+                hint="Set SECRET_KEY (or XIAOZHI_AUTH_SECRET) to a long random value, e.g. "
+                     "python -c 'import secrets; print(secrets.token_urlsafe(50))'", id="voice.E020"))
+    if "*" in settings.ALLOWED_HOSTS and not settings.XIAOZHI_WEBSOCKET_URL:
+        errors.append(Error(
+            "ALLOWED_HOSTS accepts any Host while XIAOZHI_WEBSOCKET_URL is empty: the OTA answer would send "
+            "devices to whatever server a forged Host header names",
+            hint="Set XIAOZHI_WEBSOCKET_URL (e.g. wss://voice.example.com/xiaozhi/v1/) or list the server's "
+                 "names in ALLOWED_HOSTS", id="voice.E021"))
+    url = settings.XIAOZHI_WEBSOCKET_URL
+    if url and not (url.startswith(("ws://", "wss://")) and len(url) > len("wss://")):
+        errors.append(Error(f"XIAOZHI_WEBSOCKET_URL={url!r} is not a ws:// or wss:// URL",
+                            hint="e.g. wss://voice.example.com/xiaozhi/v1/", id="voice.E022"))
+    if settings.XIAOZHI_HTTPS and not settings.XIAOZHI_TRUSTED_PROXIES:
+        errors.append(Warning(
+            "XIAOZHI_HTTPS is on but no proxy is trusted to say a request came over HTTPS: unless Daphne "
+            "serves TLS itself, every admin request is redirected to HTTPS again", hint="List the TLS proxy's "
+            "address in XIAOZHI_TRUSTED_PROXIES (it must set X-Forwarded-Proto and X-Forwarded-For)", id="voice.W023"))
+    return errors
+
+
+def refuse_insecure_start() -> None:
+    """Daphne does not run system checks: the server process calls this so it will not serve with
+    the security errors above (``manage.py check`` reports them with their hints)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    errors = check_device_security()
+    if errors:
+        raise ImproperlyConfigured("; ".join(f"{e.id}: {e.msg} (hint: {e.hint})" for e in errors))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-SERVICES = ("vad", "asr", "llm", "tts", "vllm")  # vllm: vision (photo questions, voice/vision/)
+SERVICES = ("vad", "asr", "llm", "tts", "vllm")  # vllm: vision (photo questions, devices/vision_views.py)
 ENV_PREFIX = "XIAOZHI_PERF__"
 PROFILE_ENV = "XIAOZHI_PERFORMANCE_PROFILE"
 NO_PROFILE = "defaults"  # XIAOZHI_PERFORMANCE_PROFILE=defaults: use the defaults whatever the machine
@@ -51,7 +51,8 @@ SERVICE_KEYS = {
 SECTIONS = {
     "server": {"max_connections": Key(int, 1), "connection_timeout": Key(float, 0.1),
                "request_timeout": Key(float, 0.1), "max_header_bytes": Key(int, 1024),
-               "max_queued_frames": Key(int, 1), "max_queued_bytes": Key(int, 1024)},
+               "max_queued_frames": Key(int, 1), "max_queued_bytes": Key(int, 1024),
+               "max_connections_per_address": Key(int, 1)},
     **{f"services.{name}": SERVICE_KEYS for name in SERVICES},
     "database": {"conn_max_age": Key(int, 0), "conn_health_checks": Key(bool), "connect_timeout": Key(int, 1)},
     "redis": {
@@ -61,6 +62,13 @@ SECTIONS = {
         "channel_layer_socket_timeout": Key(float, 6, why="channels-redis blocks up to 5 s on each read"),
     },
 }
+# Rate limits (devices/rate_limits.py): at most ``requests`` in each window of ``seconds`` per key;
+# requests: 0 turns one limit off.
+RATE_LIMITS = ("ota_per_address", "ota_per_device", "activate_per_address", "activate_per_device",
+               "activation_code_failures_per_address", "activation_code_failures_total",
+               "handshake_per_address", "handshake_per_device", "admin_login_failures_per_address")
+RATE_LIMIT_KEYS = {"requests": Key(int, 0), "seconds": Key(float, 1)}
+SECTIONS.update({f"rate_limits.{name}": RATE_LIMIT_KEYS for name in RATE_LIMITS})
 PROFILE_KEYS = {"min_cpus": Key(int, 1), "min_memory_gb": Key(float, 0)}
 
 
@@ -235,6 +243,19 @@ class ServerLimits:
     max_header_bytes: int  # request line and headers; more is answered 431 and closed
     max_queued_frames: int  # WebSocket frames waiting for the application, per connection, before the
     max_queued_bytes: int  # socket is no longer read (TCP slows the sender) until half have been taken
+    max_connections_per_address: int  # sockets per client address per process; the next is refused with 4429
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``requests`` per window of ``seconds`` for one key (an address, a device); 0 = no limit."""
+
+    requests: int
+    seconds: float
+
+    @property
+    def enabled(self) -> bool:
+        return self.requests > 0
 
 
 @dataclass(frozen=True)
@@ -262,6 +283,7 @@ class PerformanceConfig:
     services: dict[str, ServiceLimits]
     database: DatabasePool
     redis: RedisPool
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
     profiles: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict:
@@ -330,7 +352,9 @@ def load(defaults_path, overrides_path=None, environ: Mapping[str, str] | None =
     return PerformanceConfig(profile=profile, machine=machine, values=_unflatten({k: flat[k] for k in ordered}),
                              sources={k: sources[k] for k in ordered}, server=ServerLimits(**_section(flat, "server")),
                              services=services, database=DatabasePool(**_section(flat, "database")),
-                             redis=RedisPool(**_section(flat, "redis")), profiles=tuple(profiles))
+                             redis=RedisPool(**_section(flat, "redis")),
+                             rate_limits={name: RateLimit(**_section(flat, f"rate_limits.{name}")) for name in RATE_LIMITS},
+                             profiles=tuple(profiles))
 
 
 def _order(path: str) -> tuple:

@@ -35,10 +35,13 @@ class CloseCode(IntEnum):
     IDLE = 4000  # no voice for the idle limit, or an unbound device's session limit
     BAD_REQUEST = 4400  # missing or malformed Device-Id
     UNAUTHORIZED = 4401  # bad or missing token (accepted, then closed, so the reason is seen)
+    FORBIDDEN = 4403  # the device is bound to another Client-Id: a takeover attempt (devices/binding)
     HELLO_TIMEOUT = 4408  # no hello in time
     REPLACED = 4409  # a newer connection of the same device took over
     TOO_BIG = 4413  # a run of frames over the size limit
+    UNSUPPORTED = 4415  # the hello asks for an audio format the server does not speak (after an alert)
     BAD_DATA = 4422  # a run of undecodable frames
+    RATE_LIMITED = 4429  # too many handshakes from this address or device, or too many sockets from this address
     SERVER_FULL = 4503  # the process holds its connection limit
 
 
@@ -119,6 +122,7 @@ class AudioParams:
 
 # The firmware's own defaults when a server hello has no audio_params (FW protocol.h: 24000 / 60).
 FIRMWARE_DOWNLINK_DEFAULTS = AudioParams(sample_rate=24000)
+SUPPORTED_AUDIO_FORMATS = ("opus",)  # uplink and downlink; a hello asking for another is refused
 
 
 # Messages: the wire object is {"type": TYPE} plus the fields in order. Optional fields left at

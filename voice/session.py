@@ -26,7 +26,9 @@ from voice.pipeline.packet_queue import PacketQueue
 from voice.pipeline.pacer import Pacer
 from voice.pipeline.turn import TurnDeps, TurnRecord, prefill_next_turn, run_turn
 from voice.protocol import (
+    SUPPORTED_AUDIO_FORMATS,
     Abort,
+    Alert,
     AudioParams,
     BinaryFraming,
     CloseCode,
@@ -193,7 +195,7 @@ class VoiceSession:
         self.idle.touch()
 
     # -- frames from the consumer -----------------------------------------------------------------------
-    async def handle_text(self, text: str) -> None:
+    async def handle_text(self, text: str | bytes) -> None:
         try:
             message = parse_device_message(text)
         except ProtocolError as exc:
@@ -225,7 +227,8 @@ class VoiceSession:
             self._count_bad_frame(exc)
             return
         self._bad_frames = 0
-        if frame.kind != "audio":
+        if frame.kind == "json":  # v2/v3 type 1: a JSON message carried in a binary frame
+            self._spawn(self.handle_text(frame.payload), "binary-json")
             return
         state = self.state
         if state == LISTENING or (self.mode == "realtime" and state in (THINKING, SPEAKING)):
@@ -241,6 +244,13 @@ class VoiceSession:
 
     # -- messages -----------------------------------------------------------------------------------------
     async def _on_hello(self, hello: Hello) -> None:
+        fmt = hello.audio_params.format if hello.audio_params else "opus"
+        if fmt not in SUPPORTED_AUDIO_FORMATS:
+            # Told why, in words the device shows, then closed: its audio could never be heard.
+            await self.transport.send_text(encode(Alert(
+                "error", f"Unsupported audio format {fmt!r}: this server speaks {', '.join(SUPPORTED_AUDIO_FORMATS)}", "sad")))
+            await self._close_socket(CloseCode.UNSUPPORTED, f"unsupported audio format {fmt!r}")
+            return
         version = negotiate_binary_version(self.config.protocol_version_header, hello.version)
         self.framing = BinaryFraming(version)
         params = AudioParams("opus", self.config.output_sample_rate, 1, 60)

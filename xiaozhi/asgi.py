@@ -12,6 +12,10 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 
+from voice.checks import refuse_insecure_start  # noqa: E402
+
+refuse_insecure_start()  # e.g. device auth on with the public default SECRET_KEY
+
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402

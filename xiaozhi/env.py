@@ -5,6 +5,7 @@ start-up with a message that says what to change instead of misbehaving later.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -61,6 +62,18 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     if raw is None:
         return list(default or [])
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_networks(name: str, default: list[str] | None = None) -> tuple:
+    """A comma-separated list of IP networks (``10.0.0.0/8``) or single addresses (``192.0.2.7``)."""
+    networks = []
+    for item in env_list(name, default):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must list IP networks such as 10.0.0.0/8 or addresses, "
+                                       f"got {item!r}") from None
+    return tuple(networks)
 
 
 def database_from_url(url: str, conn_max_age: int = 60, conn_health_checks: bool = True,

@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from voice.conf import PerformanceConfigError
 from voice.conf import load as load_performance
-from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_str
+from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_networks, env_str
 
 # Whisper (CTranslate2) and llama.cpp each bring an OpenMP runtime whose idle threads busy-wait by
 # default; in one process they starve each other on a small machine (LLM first token 2 s instead of
@@ -32,10 +32,52 @@ try:
 except PerformanceConfigError as exc:
     raise ImproperlyConfigured(f"performance configuration: {exc}") from None
 
-SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production")
+# Public: anyone can sign device tokens with it. voice/checks.py refuses it when device auth is on.
+DEFAULT_SECRET_KEY = "dev-only-insecure-key-change-me-in-production"
+SECRET_KEY = env_str("SECRET_KEY", DEFAULT_SECRET_KEY)
 DEBUG = env_bool("DEBUG", False)
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["*"])
+
+
+def _this_machine_hosts() -> list[str]:
+    """The names and addresses devices on the LAN may use to reach `make run` (never "*": the OTA
+    answer's WebSocket URL may come from the Host header, which must then name this machine)."""
+    import socket
+
+    import psutil
+
+    hosts = {"localhost", "127.0.0.1", "[::1]", socket.gethostname()}
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET:
+                hosts.add(address.address)
+            elif address.family == socket.AF_INET6 and "%" not in address.address:
+                hosts.add(f"[{address.address}]")
+    return sorted(hosts)
+
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS") or _this_machine_hosts()
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- The client's address: proxies whose X-Forwarded-For / X-Real-IP are believed (devices/client_address.py)
+XIAOZHI_TRUSTED_PROXIES = env_networks("XIAOZHI_TRUSTED_PROXIES")
+# Addresses exempt from the per-address rate limits and socket cap (a load generator, a monitoring probe).
+XIAOZHI_RATE_LIMIT_EXEMPT = env_networks("XIAOZHI_RATE_LIMIT_EXEMPT")
+
+# --- HTTPS (behind a TLS proxy): secure cookies, HSTS, HTTP redirected to HTTPS except the device paths
+# (firmware may be built with a plain http:// OTA URL; a redirect would turn its POST into a GET).
+XIAOZHI_HTTPS = env_bool("XIAOZHI_HTTPS", False)
+if XIAOZHI_HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^xiaozhi/", r"^health$"]
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, 0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+if XIAOZHI_TRUSTED_PROXIES:
+    # The TLS proxy says the request came over HTTPS; only a trusted proxy's word counts for the client
+    # address, and this header must be set (or stripped) by that proxy too.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "daphne",
@@ -58,6 +100,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "devices.login_throttle.AdminLoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -176,6 +219,9 @@ XIAOZHI_ACTIVATION_REQUIRED = env_bool("XIAOZHI_ACTIVATION_REQUIRED", False)
 XIAOZHI_ACTIVATION_CODE_TTL_SECONDS = env_int("XIAOZHI_ACTIVATION_CODE_TTL_SECONDS", 24 * 3600, 60)
 XIAOZHI_ACTIVATION_URL = env_str("XIAOZHI_ACTIVATION_URL", "the admin console")
 XIAOZHI_TIMEZONE_OFFSET_MINUTES = env_int("XIAOZHI_TIMEZONE_OFFSET_MINUTES", 0, -720, 840)
+# Devices that never activated or never opened a session are deleted once unseen this long
+# (`manage.py expire_devices`, run hourly by Celery beat or the in-process scheduler).
+XIAOZHI_DEVICE_EXPIRY_SECONDS = env_int("XIAOZHI_DEVICE_EXPIRY_SECONDS", 7 * 24 * 3600, 60)
 
 # --- Voice sessions -------------------------------------------------------------------------------------
 XIAOZHI_OUTPUT_SAMPLE_RATE = env_int("XIAOZHI_OUTPUT_SAMPLE_RATE", 24000)
@@ -254,8 +300,11 @@ XIAOZHI_MONITORING_RETENTION_DAYS = env_int("XIAOZHI_MONITORING_RETENTION_DAYS",
 XIAOZHI_MONITORING_ERROR_WINDOW_SECONDS = env_int("XIAOZHI_MONITORING_ERROR_WINDOW_SECONDS", 300, 10)
 XIAOZHI_MONITORING_WEBHOOK_URL = env_str("XIAOZHI_MONITORING_WEBHOOK_URL")
 XIAOZHI_MONITORING_WEBHOOK_TIMEOUT_SECONDS = env_float("XIAOZHI_MONITORING_WEBHOOK_TIMEOUT_SECONDS", 3.0, 0.1)
-# Bearer token accepted by the performance API besides a staff session (empty = staff only).
+# Bearer token accepted by /metrics and the performance API besides a staff session (empty = staff only).
 XIAOZHI_MONITORING_API_TOKEN = env_str("XIAOZHI_MONITORING_API_TOKEN")
+# true: /metrics and the read-only /api/performance/* are open to anyone who can reach them (a trusted
+# network only: they show host names, pids and the configuration). /health is always open.
+XIAOZHI_MONITORING_PUBLIC = env_bool("XIAOZHI_MONITORING_PUBLIC", False)
 # "auto": the in-process scheduler runs when asgi.py starts it and Redis is not configured (Celery
 # beat does the work then); "on": always (when started); "off": never. Tests never start it.
 XIAOZHI_MONITORING_SCHEDULER = env_str("XIAOZHI_MONITORING_SCHEDULER", "auto")
@@ -265,4 +314,5 @@ CELERY_BEAT_SCHEDULE = {
     "monitoring-snapshot": {"task": "monitoring.tasks.snapshot", "schedule": XIAOZHI_MONITORING_SNAPSHOT_SECONDS},
     "monitoring-evaluate": {"task": "monitoring.tasks.evaluate_all", "schedule": XIAOZHI_MONITORING_SNAPSHOT_SECONDS},
     "monitoring-prune": {"task": "monitoring.tasks.prune", "schedule": 3600.0},
+    "devices-expire": {"task": "devices.tasks.expire_devices", "schedule": 3600.0},
 }

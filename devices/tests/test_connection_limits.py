@@ -57,7 +57,8 @@ async def test_the_third_device_is_refused_the_first_two_keep_talking_and_a_free
 async def test_a_device_reconnecting_to_a_full_server_replaces_its_own_socket(connect_device, room_for_two):
     first = await connect_device("aa:bb:cc:00:00:11")
     await connect_device("aa:bb:cc:00:00:12")
-    again = await connect_device("aa:bb:cc:00:00:11")  # e.g. after a Wi-Fi drop, the old socket not yet dead
+    # e.g. after a Wi-Fi drop, the old socket not yet dead (the same device: the same Client-Id)
+    again = await connect_device("aa:bb:cc:00:00:11", headers=first.handshake_headers())
     assert again.server_hello is not None
     assert await first.wait_closed(5) == 4409
     stranger = await connect_device("aa:bb:cc:00:00:13")
@@ -71,3 +72,17 @@ def test_slots_count_per_device_and_never_go_negative():
     assert counter.try_acquire(1, "a") and not counter.try_acquire(1, "b") and counter.try_acquire(1, "a")
     counter.release("a"), counter.release("a"), counter.release("a")
     assert counter.held == 0 and counter.try_acquire(1, "b")
+
+
+def test_address_slots_cap_each_address_let_a_device_replace_itself_and_forget_empty_addresses():
+    from devices.connection_limits import AddressSlots
+
+    per_address = AddressSlots()
+    assert per_address.try_acquire(2, "192.0.2.1", "a") and per_address.try_acquire(2, "192.0.2.1", "b")
+    assert not per_address.try_acquire(2, "192.0.2.1", "c")  # the cap
+    assert per_address.try_acquire(2, "192.0.2.2", "c")  # another address has its own
+    assert per_address.try_acquire(2, "192.0.2.1", "a")  # a reconnect of a device already in
+    for device in ("a", "a", "b"):
+        per_address.release("192.0.2.1", device)
+    per_address.release("192.0.2.2", "c")
+    assert per_address.held("192.0.2.1") == 0 and not per_address._by_address  # nothing kept for gone addresses

@@ -1,3 +1,4 @@
+import ipaddress
 import logging
 
 import pytest
@@ -80,10 +81,14 @@ def test_a_malformed_device_id_is_refused_with_4400():
     assert (identity.device_id, identity.error_code, identity.error_reason) == (None, 4400, "invalid Device-Id")
 
 
-def test_the_remote_address_prefers_proxy_headers():
-    assert identify(scope({"device-id": MAC, "x-real-ip": "1.2.3.4"})).remote_addr == "1.2.3.4"
+def test_proxy_headers_are_ignored_from_an_untrusted_peer_and_used_from_a_trusted_one(settings):
     forwarded = {"device-id": MAC, "x-forwarded-for": "5.6.7.8, 10.0.0.1"}
-    assert identify(scope(forwarded)).remote_addr == "5.6.7.8"
+    settings.XIAOZHI_TRUSTED_PROXIES = ()
+    assert identify(scope({"device-id": MAC, "x-real-ip": "1.2.3.4"})).remote_addr == "10.0.0.9"
+    assert identify(scope(forwarded)).remote_addr == "10.0.0.9"
+    settings.XIAOZHI_TRUSTED_PROXIES = (ipaddress.ip_network("10.0.0.0/24"),)
+    assert identify(scope({"device-id": MAC, "x-real-ip": "1.2.3.4"})).remote_addr == "1.2.3.4"
+    assert identify(scope(forwarded)).remote_addr == "5.6.7.8"  # 10.0.0.1 is a proxy of ours too
     assert identify(scope({"device-id": MAC}, client=None)).remote_addr == ""
 
 
@@ -107,9 +112,9 @@ def test_with_auth_on_a_query_string_token_is_accepted(settings):
 
 def test_with_auth_on_a_bad_token_is_refused_with_4401_and_logged_without_the_token(settings, caplog):
     settings.XIAOZHI_AUTH_ENABLED = True
-    headers = {"device-id": MAC, "client-id": "c-1", "authorization": "Bearer test-token", "x-real-ip": "1.2.3.4"}
+    headers = {"device-id": MAC, "client-id": "c-1", "authorization": "Bearer test-token"}
     with caplog.at_level(logging.WARNING, logger="devices.auth"):
-        identity = identify(scope(headers))
+        identity = identify(scope(headers, client=("1.2.3.4", 5000)))
     assert (identity.error_code, identity.error_reason) == (4401, "invalid token")
     message = caplog.records[-1].getMessage()
     assert MAC in message and "c-1" in message and "1.2.3.4" in message

@@ -50,7 +50,7 @@ def test_the_answer_never_contains_mqtt(client, settings):
 
 
 def test_a_token_is_issued_only_when_auth_is_on(client, settings):
-    assert post(client).json()["websocket"]["token"] == ""
+    assert post(client, **{"Client-Id": "uuid-1"}).json()["websocket"]["token"] == ""
     settings.XIAOZHI_AUTH_ENABLED = True
     token = post(client, **{"Client-Id": "uuid-1"}).json()["websocket"]["token"]
     assert verify_token(token, "uuid-1", MAC)
@@ -120,7 +120,8 @@ def test_the_poll_records_board_firmware_and_client(client):
     assert device.last_seen is not None
 
 
-def test_the_websocket_url_follows_the_request_host_and_scheme(client):
+def test_the_websocket_url_follows_the_request_host_and_scheme(client, settings):
+    settings.ALLOWED_HOSTS = ["testserver", "voice.example"]
     assert post(client, HOST="voice.example:8000").json()["websocket"]["url"] == "ws://voice.example:8000/xiaozhi/v1/"
     secure = client.post("/xiaozhi/ota/", data=json.dumps(BODY), content_type="application/json",
                          headers={"Device-Id": MAC}, secure=True)

@@ -31,7 +31,7 @@ def test_registering_creates_an_online_device_and_an_open_session():
 
 
 def test_the_device_stays_online_until_its_last_overlapping_session_closes():
-    old, new = connect(), connect(client_id="uuid-2")
+    old, new = connect(), connect()  # the same device (one Client-Id) reconnecting
     close_connection(old.session_pk, "replaced by a newer connection")
     assert Device.objects.get().online
     close_connection(new.session_pk, "client closed")

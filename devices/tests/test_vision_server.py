@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "vision-e2e-secret"
+MONITORING = "vision-e2e-monitoring-token"
 MAX_CONCURRENT, QUEUE_SIZE, MAX_IMAGE = 2, 3, 100_000
 JPEG = photo_jpeg()
 
@@ -48,7 +49,8 @@ def server(tmp_path_factory, fake_vision):
     env.update(SQLITE_PATH=str(db), XIAOZHI_DATA_DIR=str(tmp_path_factory.mktemp("data")),
                XIAOZHI_PRELOAD_MODELS="0", XIAOZHI_MONITORING_SCHEDULER="off", XIAOZHI_WORKER_BACKEND="local",
                XIAOZHI_MONITORING_REDIS_PREFIX=f"xiaozhi:vision-test-{os.getpid()}:",
-               XIAOZHI_AUTH_SECRET=SECRET, XIAOZHI_ACTIVATION_REQUIRED="0",
+               XIAOZHI_AUTH_SECRET=SECRET, XIAOZHI_ACTIVATION_REQUIRED="0", XIAOZHI_MONITORING_API_TOKEN=MONITORING,
+               XIAOZHI_RATE_LIMIT_EXEMPT="127.0.0.1/32",  # one address plays ten devices
                XIAOZHI_VLLM_PROVIDER="openai", XIAOZHI_VLLM_BASE_URL=fake_vision.url, XIAOZHI_VLLM_MODEL="fake-vision",
                XIAOZHI_VISION_MAX_IMAGE_BYTES=str(MAX_IMAGE),
                XIAOZHI_PERF__SERVICES__VLLM__MAX_CONCURRENT=str(MAX_CONCURRENT),
@@ -89,6 +91,11 @@ def boot(server, device_id: str, client_id: str) -> None:
     response = httpx.post(f"{server['url']}/xiaozhi/ota/", json={"application": {"version": "1.7.0"}},
                           headers={"Device-Id": device_id, "Client-Id": client_id}, timeout=10)
     assert response.status_code == 200
+
+
+def concurrency(server):
+    return httpx.get(f"{server['url']}/api/performance/concurrency/", timeout=10,
+                     headers={"Authorization": f"Bearer {MONITORING}"})
 
 
 def rows(server, device_prefix: str) -> list[tuple]:
@@ -143,7 +150,7 @@ async def test_ten_devices_at_once_with_two_slots_are_answered_or_told_busy_in_a
     devices = [(f"aa:bb:cc:20:00:{i:02x}", f"load-uuid-{i}") for i in range(10)]
     for device_id, client_id in devices:
         boot(server, device_id, client_id)
-    stats = httpx.get(f"{server['url']}/api/performance/concurrency/", timeout=10).json()["services"].get("vllm", {})
+    stats = concurrency(server).json()["services"].get("vllm", {})
     start_completed, start_rejected = stats.get("completed", 0), stats.get("rejected", 0)
     fake_vision.hold()
     try:
@@ -171,6 +178,6 @@ async def test_ten_devices_at_once_with_two_slots_are_answered_or_told_busy_in_a
     for position, question in enumerate(served_order):  # FIFO with two slots: off by at most one
         assert abs(queue_order.index(question) - position) <= MAX_CONCURRENT - 1, (queue_order, served_order)
 
-    stats = httpx.get(f"{server['url']}/api/performance/concurrency/", timeout=10).json()["services"]["vllm"]
+    stats = concurrency(server).json()["services"]["vllm"]
     assert stats["completed"] - start_completed == 5 and stats["rejected"] - start_rejected == 5
     assert stats["active"] == 0 and stats["queued"] == 0

@@ -32,6 +32,15 @@ def fake_other_process(settings, devices=5):
 
 
 @pytest.fixture
+def scraper(settings):
+    """A client with the monitoring token, as Prometheus scrapes (/metrics and the API need it or staff)."""
+    from django.test import Client
+
+    settings.XIAOZHI_MONITORING_API_TOKEN = "scrape-token"
+    return Client(headers={"Authorization": "Bearer scrape-token"})
+
+
+@pytest.fixture
 def staff_client(client, db):
     user = User.objects.create_superuser("admin", "a@example.com", "pw-123456")
     client.force_login(user)
@@ -45,6 +54,34 @@ def test_health_reports_database_redis_and_models(client, settings):
     assert body["checks"]["database"] == "ok"
     assert set(body["checks"]["models"]) >= {"vad", "asr", "llm", "tts"}
     assert ("redis" in body["checks"]) == bool(settings.REDIS_URL)
+
+
+@pytest.mark.django_db
+def test_health_is_503_while_a_services_latest_calls_time_out_and_ok_once_one_completes(client, monkeypatch):
+    """A hung model used to leave /health at 200 while every device heard the apology."""
+    import asyncio
+    import dataclasses
+
+    from voice.conf import service_limits
+    from voice.tests import probe_operations  # noqa: F401 - the probe operations
+    from voice.workers import ServiceTimeout, make_service, services
+
+    llm = make_service(dataclasses.replace(service_limits("llm"), first_token_timeout=0.2), backend="local")
+    monkeypatch.setitem(services(), "llm", llm)
+
+    async def stalled_reply():
+        with pytest.raises(ServiceTimeout):
+            async for _ in llm.stream("probe.late", 5.0):
+                pass
+
+    asyncio.run(stalled_reply())
+    response = client.get("/health")
+    assert response.status_code == 503, response.json()
+    assert response.json()["checks"]["voice_services"] == "error: the last 1 llm call(s) timed out"
+
+    asyncio.run(llm.call("probe.sleep", 0))  # the model answers again
+    response = client.get("/health")
+    assert response.status_code == 200 and response.json()["checks"]["voice_services"] == "ok"
 
 
 @pytest.mark.django_db
@@ -62,7 +99,7 @@ def test_health_under_celery_names_each_service_without_a_live_worker(client, se
     settings.XIAOZHI_WORKER_QUEUE_PREFIX = prefix = f"health-{uuid.uuid4().hex[:8]}"
     heartbeat.announce(["asr", "llm"], {"asr": ["whisper"], "llm": ["smollm2"], "vad": ["silero"]}, pid=101)
     response = client.get("/health")
-    assert response.status_code == 503
+    assert response.status_code == 503, response.json()
     checks = response.json()["checks"]
     assert checks["voice_workers"] == f"error: no live worker for tts (queue {prefix}.tts)"
     assert checks["workers"]["asr"][0]["models"] == ["whisper"] and checks["workers"]["asr"][0]["pid"] == 101
@@ -79,7 +116,8 @@ def test_health_under_celery_names_each_service_without_a_live_worker(client, se
 
 
 @pytest.mark.django_db
-def test_metrics_prometheus_text(client):
+def test_metrics_prometheus_text(scraper):
+    client = scraper
     load_some_figures()
     response = client.get("/metrics")
     assert response["Content-Type"].startswith("text/plain")
@@ -95,7 +133,8 @@ def test_metrics_prometheus_text(client):
 
 
 @pytest.mark.django_db
-def test_metrics_combine_processes_through_redis(client, settings):
+def test_metrics_combine_processes_through_redis(scraper, settings):
+    client = scraper
     if not settings.REDIS_URL:
         pytest.skip("several processes are combined through Redis; without it there is one process")
     load_some_figures()
@@ -121,7 +160,8 @@ def test_dead_process_drops_out(settings):
 
 
 @pytest.mark.django_db
-def test_performance_api(client):
+def test_performance_api(scraper):
+    client = scraper
     load_some_figures()
     overall = client.get("/api/performance/").json()
     assert overall["metrics"]["connected_devices"] == 3 and "cpu_percent" in overall["metrics"]

@@ -163,3 +163,23 @@ async def test_a_failing_llm_provider_ends_the_turn_with_a_spoken_apology(connec
     finally:
         server.shutdown()
         registry.forget("llm", "openai")
+
+
+async def test_a_hello_asking_for_pcm_is_told_why_in_an_alert_and_closed(connect_device):
+    from voice.protocol import Alert, AudioParams, Hello, encode
+
+    device = await connect_device(hello=False)
+    await device.send_json(encode(Hello(audio_params=AudioParams("pcm", 16000, 1, 60))))
+    alert = await device.wait_for(lambda e: isinstance(e.message, Alert), 3)
+    assert alert.message.status == "error" and "pcm" in alert.message.message and alert.message.emotion
+    assert await device.wait_closed(5) == CloseCode.UNSUPPORTED
+
+
+@pytest.mark.parametrize("version", [2, 3])
+async def test_json_carried_in_a_binary_frame_is_handled_as_text(connect_device, version):
+    from voice.protocol import Ping, encode
+
+    device = await connect_device(binary_version=version)
+    since = len(device.events)
+    await device.link.send(BinaryFraming(version).encode(encode(Ping()).encode(), kind="json"))
+    assert await pong_received(device, since)

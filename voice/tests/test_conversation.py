@@ -117,7 +117,8 @@ async def test_speech_while_speaking_in_realtime_mode_is_barge_in(connect_device
 
 async def test_a_second_connection_of_the_same_device_replaces_the_first(connect_device, say):
     first = await connect_device("aa:bb:cc:dd:ee:01")
-    second = await connect_device("AA-BB-CC-DD-EE-01")
+    # The same device (its Client-Id): another Client-Id would be refused, the device is bound to this one
+    second = await connect_device("AA-BB-CC-DD-EE-01", headers={**first.handshake_headers(), "Device-Id": "AA-BB-CC-DD-EE-01"})
     assert await first.wait_closed(5) == 4409
     result = await second.turn(say(QUESTION), mode="manual")
     assert result.audio and result.stopped

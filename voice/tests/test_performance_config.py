@@ -194,9 +194,9 @@ def test_the_command_reports_an_error_and_fails(fresh_config, monkeypatch):
 
 
 @pytest.mark.django_db
-def test_the_concurrency_endpoint_shows_the_effective_configuration(fresh_config, client, monkeypatch):
+def test_the_concurrency_endpoint_shows_the_effective_configuration(fresh_config, admin_client, monkeypatch):
     monkeypatch.setenv("XIAOZHI_PERFORMANCE_PROFILE", "8c16g")
-    data = client.get("/api/performance/concurrency/").json()
+    data = admin_client.get("/api/performance/concurrency/").json()  # staff only (or the monitoring token)
     config = data["configuration"]
     assert config["profile"] == "8c16g" and config["values"]["services"]["asr"]["max_concurrent"] == 4
     assert config["sources"]["services.asr.max_concurrent"] == "profile 8c16g"

@@ -56,6 +56,9 @@ class Occupancy:
         }
 
 
+STALL_WINDOW_SECONDS = 60.0  # how long a run of timeouts keeps a service reported as stalled
+
+
 class Admission:
     """One service's gate and figures in this process."""
 
@@ -65,6 +68,8 @@ class Admission:
         self._occupancy = Occupancy()
         self._in_service = 0
         self._per_owner: Counter[str] = Counter()
+        self._timeouts_in_a_row = 0  # since the last call that completed
+        self._last_timeout = 0.0  # monotonic
 
     def admit(self, owner: str | None = None) -> Ticket:
         limits = self.limits
@@ -83,9 +88,24 @@ class Admission:
                 self._per_owner[owner] += 1
         return Ticket(self, owner)
 
-    def count_timeout(self) -> None:
+    def count_timeout(self, ticket: Ticket | None = None) -> None:
+        """A call's caller gave up on it; the ticket's later completion does not end the stall."""
+        if ticket is not None:
+            ticket.timed_out = True
         with self._lock:
             self._occupancy.timed_out += 1
+            self._timeouts_in_a_row += 1
+            self._last_timeout = time.monotonic()
+
+    def health(self, window: float = STALL_WINDOW_SECONDS) -> str:
+        """"ok", or why the service looks stalled: its latest calls timed out (within ``window``
+        seconds) and none has completed since. ``/health`` reports it, so a hung model or a lost
+        worker shows there instead of only in the devices' apologies."""
+        with self._lock:
+            recent = time.monotonic() - self._last_timeout <= window
+            if self._timeouts_in_a_row and recent:
+                return f"error: the last {self._timeouts_in_a_row} {self.limits.name} call(s) timed out"
+            return "ok"
 
     def occupancy(self) -> dict:
         with self._lock:
@@ -102,6 +122,7 @@ class Ticket:
         self.started: float | None = None
         self._left = owner is None
         self._finished = False
+        self.timed_out = False  # its caller gave up waiting (a late finish is no sign of health)
 
     def start(self, waited: float | None = None) -> None:
         """The call began running; ``waited`` is its queued time when measured elsewhere (a worker)."""
@@ -143,6 +164,8 @@ class Ticket:
                 s.run_seconds += time.monotonic() - self.started
             if ok:
                 s.completed += 1
+                if not self.timed_out:
+                    self.admission._timeouts_in_a_row = 0
             else:
                 s.failed += 1
             self.admission._in_service -= 1

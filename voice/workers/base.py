@@ -36,6 +36,9 @@ class Service(Protocol):
     def occupancy(self) -> dict:
         """Active and queued calls and the counters of admission (``Admission.occupancy``)."""
 
+    def health(self) -> str:
+        """"ok", or why the service looks stalled (``Admission.health``): read by ``/health``."""
+
     def shutdown(self) -> None:
         """Stop taking calls and release the service's threads or background tasks."""
 

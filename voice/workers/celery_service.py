@@ -93,6 +93,9 @@ class CeleryService:
     def occupancy(self) -> dict:
         return self.admission.occupancy()
 
+    def health(self) -> str:
+        return self.admission.health()
+
     async def call(self, operation: str, *args, owner: str | None = None, timeout: float | None = None,
                    deadline: float | None = None):
         """``deadline`` is accepted for the seam's sake and not used: a broker queue is FIFO."""
@@ -140,7 +143,7 @@ class CeleryService:
                     async with asyncio.timeout_at(clock.limit()):
                         message = await layer.receive(reply)
                 except TimeoutError:
-                    self.admission.count_timeout()
+                    self.admission.count_timeout(ticket)
                     raise ServiceTimeout(f"{self.name} {clock.what()} took too long "
                                          f"(no answer from a worker on {self.queue})") from None
                 kind = message.get("kind")

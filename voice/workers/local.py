@@ -53,6 +53,9 @@ class LocalService:
     def occupancy(self) -> dict:
         return self.admission.occupancy()
 
+    def health(self) -> str:
+        return self.admission.health()
+
     # -- calls -----------------------------------------------------------------------------------------
     async def call(self, operation: str, *args, owner: str | None = None, timeout: float | None = None,
                    deadline: float | None = None):
@@ -73,7 +76,7 @@ class LocalService:
             async with asyncio.timeout(timeout or self.limits.timeout):
                 return await future
         except TimeoutError:
-            self.admission.count_timeout()
+            self.admission.count_timeout(ticket)
             raise ServiceTimeout(f"{self.name} call took longer than {timeout or self.limits.timeout:.1f} s") from None
         finally:
             ticket.leave()
@@ -126,7 +129,7 @@ class LocalService:
                     async with asyncio.timeout_at(clock.limit()):
                         item, exc = await items.get()
                 except TimeoutError:
-                    self.admission.count_timeout()
+                    self.admission.count_timeout(ticket)
                     raise ServiceTimeout(f"{self.name} {clock.what()} took too long") from None
                 if item is started:
                     clock.started(loop.time())

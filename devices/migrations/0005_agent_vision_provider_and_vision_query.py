@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('devices', '0003_turn_interrupted'),
+        ('devices', '0004_device_binding'),
     ]
 
     operations = [
