@@ -8,7 +8,8 @@ code N". So:
 - a request that is wrong is refused with a 4xx and a one-line plain-text reason: no or wrong token
   401, a device not bound while activation is required 403, no question or no file 400, a body or
   photo over ``XIAOZHI_VISION_MAX_IMAGE_BYTES`` 413, a file that is not a JPEG or PNG (by its first
-  bytes, not its declared type) 415, not a POST 405;
+  bytes, not its declared type) 415, not a POST 405, over performance.yaml's ``vision_per_address``
+  or ``vision_per_device`` rate limit 429 with Retry-After;
 - everything the LLM should hear is a 200 with plain text: the answer, or a short "busy" when the
   ``vllm`` service's queue is full (at once, never a 500 or a hang), or an apology when the vision
   provider failed or took longer than ``services.vllm.timeout``. ``X-Vision-Status`` tells them
@@ -33,7 +34,8 @@ from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from devices import vision
+from devices import rate_limits, vision
+from devices.client_address import client_address
 from devices.device_ids import normalize_device_id
 from voice import live_stats
 from voice.workers import ServiceBusy, ServiceTimeout, services
@@ -52,6 +54,15 @@ def _text(body: str, status: int = 200, state: str | None = None) -> HttpRespons
     response = HttpResponse(body.rstrip("\n") + "\n", status=status, content_type="text/plain; charset=utf-8")
     if state:
         response["X-Vision-Status"] = state
+    return response
+
+
+_hit = sync_to_async(rate_limits.hit, thread_sensitive=False)  # the cache may be Redis
+
+
+def _too_many(verdict: rate_limits.Verdict) -> HttpResponse:
+    response = _refuse(429, f"Too many photo uploads; retry in {verdict.retry_after} s.")
+    response["Retry-After"] = str(verdict.retry_after)
     return response
 
 
@@ -102,6 +113,11 @@ async def upload(request):
     arrived = time.monotonic()
     if request.method != "POST":
         return _refuse(405, "POST a multipart question and file (the camera tool's upload).")
+    address = client_address(request)
+    if not rate_limits.exempt(address):
+        verdict = await _hit("vision_per_address", address)
+        if not verdict.allowed:
+            return _too_many(verdict)
     authorization = request.headers.get("Authorization", "").strip()
     token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
     if not token:
@@ -113,6 +129,9 @@ async def upload(request):
     client_id = request.headers.get("Client-Id", "").strip() or device_id
     if not vision.verify_vision_token(token, client_id, device_id):
         return _refuse(401, "Invalid or expired vision token for this device.")
+    verdict = await _hit("vision_per_device", device_id)
+    if not verdict.allowed:
+        return _too_many(verdict)
     try:
         context = await sync_to_async(vision.upload_context)(device_id)
     except DatabaseError:

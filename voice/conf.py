@@ -66,7 +66,8 @@ SECTIONS = {
 # requests: 0 turns one limit off.
 RATE_LIMITS = ("ota_per_address", "ota_per_device", "activate_per_address", "activate_per_device",
                "activation_code_failures_per_address", "activation_code_failures_total",
-               "handshake_per_address", "handshake_per_device", "admin_login_failures_per_address")
+               "handshake_per_address", "handshake_per_device", "admin_login_failures_per_address",
+               "vision_per_address", "vision_per_device")
 RATE_LIMIT_KEYS = {"requests": Key(int, 0), "seconds": Key(float, 1)}
 SECTIONS.update({f"rate_limits.{name}": RATE_LIMIT_KEYS for name in RATE_LIMITS})
 PROFILE_KEYS = {"min_cpus": Key(int, 1), "min_memory_gb": Key(float, 0)}

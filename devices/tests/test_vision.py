@@ -183,6 +183,24 @@ async def test_a_photo_over_the_size_limit_is_413(device, fake_vision, settings)
     assert fake_vision.seen == []  # (a declared Content-Length over the limit: test_vision_server.py)
 
 
+@needs_local_backend
+async def test_uploads_over_the_rate_limits_are_429(device, fake_vision, monkeypatch):
+    from dataclasses import replace
+
+    from voice.conf import RateLimit, performance_config
+
+    config = performance_config()
+    limits = {**config.rate_limits, "vision_per_device": RateLimit(1, 60), "vision_per_address": RateLimit(3, 60)}
+    monkeypatch.setattr("devices.rate_limits.performance_config", lambda: replace(config, rate_limits=limits))
+    assert (await upload()).status_code == 200  # the address's 1st, the device's 1st
+    response = await upload()  # the device's 2nd
+    assert response.status_code == 429 and int(response["Retry-After"]) >= 1 and "retry in" in response.content.decode()
+    assert (await upload(token="")).status_code == 401  # the address's 3rd
+    response = await upload(token="")  # the address's 4th: refused before its token is even looked at
+    assert response.status_code == 429
+    assert len(fake_vision.seen) == 1
+
+
 async def test_get_is_405(device):
     assert (await AsyncClient().get(PATH, headers=headers())).status_code == 405
 
