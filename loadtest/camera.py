@@ -82,3 +82,47 @@ async def upload_photo(url: str, token: str, device_id: str, client_id: str, que
     if response.status_code != 200:
         raise PhotoRefused(response.status_code, response.text)
     return response.text.strip()
+
+
+# -- the camera tool of a simulated device's MCP server ----------------------------------------------------
+TAKE_PHOTO = {
+    "name": "self.camera.take_photo",
+    "description": ("Take a photo with the camera and ask a question about it. Use it when the user asks you to "
+                    "look at something.\nArgs:\n  `question`: what to find out about the photo.\nReturns: the "
+                    "answer about the photo."),
+    "inputSchema": {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]},
+}
+NO_VISION = "Image explain URL or token is not set"  # what the firmware answers when initialize gave none
+
+
+class Camera:
+    """The camera as the firmware runs it: ``capabilities.vision`` from the server's ``initialize``
+    is remembered, and ``tools/call`` of ``self.camera.take_photo`` uploads the photo there and
+    answers with the server's text (or a JSON-RPC error, as the firmware's tool does on failure)."""
+
+    def __init__(self, device_id: str, client_id: str, jpeg: bytes | None = None):
+        self.device_id, self.client_id = device_id, client_id
+        self.jpeg = jpeg if jpeg is not None else photo_jpeg()
+        self.vision: dict | None = None
+        self.answers: list[str] = []  # what each photo question was told
+
+    def on_initialize(self, params) -> None:
+        vision = ((params or {}).get("capabilities") or {}).get("vision") if isinstance(params, dict) else None
+        ok = isinstance(vision, dict) and isinstance(vision.get("url"), str) and vision.get("url")
+        self.vision = {"url": vision["url"], "token": str(vision.get("token") or "")} if ok else None
+
+    async def answer(self, request: dict) -> dict:
+        """The JSON-RPC reply to one ``tools/call`` of ``self.camera.take_photo``."""
+        reply = {"jsonrpc": "2.0", "id": request.get("id")}
+        question = ((request.get("params") or {}).get("arguments") or {}).get("question")
+        if not isinstance(question, str) or not question:
+            return {**reply, "error": {"message": "Missing valid argument: question"}}
+        if self.vision is None:
+            return {**reply, "error": {"message": NO_VISION}}
+        try:
+            text = await upload_photo(self.vision["url"], self.vision["token"], self.device_id, self.client_id,
+                                      question, self.jpeg)
+        except (PhotoRefused, httpx.HTTPError) as exc:
+            return {**reply, "error": {"message": str(exc)}}
+        self.answers.append(text)
+        return {**reply, "result": {"content": [{"type": "text", "text": text}], "isError": False}}

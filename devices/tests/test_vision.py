@@ -330,3 +330,38 @@ def test_the_agent_form_offers_the_registrys_vision_providers_and_none(admin_cli
     response = admin_client.post("/admin/devices/agentconfig/add/", {"name": "eyes", "vllm_provider": "openai"})
     assert response.status_code == 200 and "XIAOZHI_VLLM_BASE_URL" in response.content.decode()
     assert not AgentConfig.objects.filter(name="eyes").exists()
+
+
+# --- configuration ----------------------------------------------------------------------------------
+
+def test_start_up_checks_name_the_vision_settings(settings):
+    from voice.checks import check_voice_settings
+
+    settings.XIAOZHI_VLLM_PROVIDER = ""
+    assert check_voice_settings() == []  # no vision is a valid server
+    settings.XIAOZHI_VLLM_PROVIDER, settings.XIAOZHI_VLLM_BASE_URL = "openai", ""
+    [error] = check_voice_settings()
+    assert error.id == "voice.E013" and "XIAOZHI_VLLM_BASE_URL" in error.msg
+    settings.XIAOZHI_VLLM_PROVIDER = "llava"
+    [error] = check_voice_settings()
+    assert error.id == "voice.E001" and "XIAOZHI_VLLM_PROVIDER" in error.msg
+
+
+def test_health_wants_a_vision_worker_only_when_vision_is_configured(settings):
+    from voice.workers import heartbeat
+
+    settings.XIAOZHI_VLLM_PROVIDER = ""
+    assert heartbeat.missing_services({}) == ["asr", "llm", "tts"]
+    settings.XIAOZHI_VLLM_PROVIDER = "openai"
+    assert heartbeat.missing_services({}) == ["asr", "llm", "tts", "vllm"]
+    assert heartbeat.missing_services({"asr": [1], "llm": [1], "tts": [1], "vllm": [1]}) == []
+
+
+def test_the_registry_builds_no_vision_provider_when_none_is_configured(settings):
+    from voice.providers.base import ProviderUnavailable
+
+    settings.XIAOZHI_VLLM_PROVIDER = ""
+    with pytest.raises(ProviderUnavailable, match="XIAOZHI_VLLM_PROVIDER"):
+        registry.get_vllm()
+    assert "vllm" not in registry.preload(["vllm"])
+    assert registry.resolve("vllm", registry.NONE) == "" and registry.resolve("llm", "") == django_settings.XIAOZHI_LLM_PROVIDER

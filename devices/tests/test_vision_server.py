@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devices.vision import issue_vision_token
+from devices.vision import issue_vision_token, vision_capability
 from devices.vision_views import BUSY
-from loadtest.camera import PhotoRefused, photo_jpeg, upload_photo
+from loadtest.camera import NO_VISION, Camera, PhotoRefused, photo_jpeg, upload_photo
 from loadtest.fake_vision import FakeVisionServer, answer_for
 
 pytestmark = pytest.mark.e2e
@@ -181,3 +181,23 @@ async def test_ten_devices_at_once_with_two_slots_are_answered_or_told_busy_in_a
     stats = concurrency(server).json()["services"]["vllm"]
     assert stats["completed"] - start_completed == 5 and stats["rejected"] - start_rejected == 5
     assert stats["active"] == 0 and stats["queued"] == 0
+
+
+async def test_a_simulated_devices_camera_tool_answers_with_the_servers_text(server, fake_vision, settings):
+    """The hook for the MCP path: initialize carries vision_capability(), the camera remembers it,
+    and a tools/call of take_photo uploads the real JPEG and returns the answer as the tool result."""
+    device_id, client_id = "aa:bb:cc:10:00:03", "board-uuid-3"
+    boot(server, device_id, client_id)
+    camera = Camera(device_id, client_id)
+    call = {"jsonrpc": "2.0", "id": 10_000, "method": "tools/call",
+            "params": {"name": "self.camera.take_photo", "arguments": {"question": "What do you see?"}}}
+    assert (await camera.answer(call))["error"] == {"message": NO_VISION}  # initialize offered no vision
+
+    settings.XIAOZHI_VLLM_PROVIDER = "openai"  # as the server process is configured
+    settings.XIAOZHI_VISION_URL = f"{server['url']}/xiaozhi/vision/"
+    capability = vision_capability(device_id, client_id, agent={"vllm_provider": "openai"})
+    camera.on_initialize({"protocolVersion": "2024-11-05", "capabilities": {"vision": capability}})
+    reply = await camera.answer(call)
+    [text] = [part["text"] for part in reply["result"]["content"]]
+    assert reply["id"] == 10_000 and reply["result"]["isError"] is False
+    assert text == answer_for(fake_vision.seen[-1]) and fake_vision.seen[-1].image_bytes == len(camera.jpeg)
