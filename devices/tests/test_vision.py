@@ -248,6 +248,16 @@ async def test_the_photo_is_linked_to_the_turn_recorded_after_it(device, fake_vi
 
 
 @needs_local_backend
+async def test_a_vision_server_that_fails_once_is_retried_as_the_llm_is(device, fake_vision, settings):
+    settings.XIAOZHI_LLM_RETRIES, settings.XIAOZHI_LLM_RETRY_BACKOFF_SECONDS = 2, 0.01
+    registry.forget("vllm", "openai")
+    fake_vision.fail_next = [503]
+    response = await upload()
+    assert response["X-Vision-Status"] == "ok" and len(fake_vision.seen) == 2
+    assert response.content.decode().strip() == answer_for(fake_vision.seen[1])
+
+
+@needs_local_backend
 async def test_a_failing_vision_provider_is_an_apology_never_a_500(device, fake_vision, settings):
     settings.XIAOZHI_LLM_RETRIES = 0
     registry.forget("vllm", "openai")
