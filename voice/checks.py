@@ -11,7 +11,9 @@ READINESS_IDS = {
     ("llm", "openai"): ("voice.E003", "Set XIAOZHI_LLM_BASE_URL (and XIAOZHI_LLM_MODEL)"),
     ("asr", "funasr"): ("voice.E006", "Set XIAOZHI_SENSEVOICE_MODEL_DIR to a SenseVoiceSmall folder, or another XIAOZHI_ASR_PROVIDER"),
     ("tts", "edge"): ("voice.E007", "Set XIAOZHI_EDGE_TTS_VOICE to a voice such as en-US-AriaNeural, or another XIAOZHI_TTS_PROVIDER"),
-    ("vllm", "openai"): ("voice.E013", "Set XIAOZHI_VLLM_BASE_URL (and XIAOZHI_VLLM_MODEL), or XIAOZHI_VLLM_PROVIDER= for no vision"),
+    ("asr", "openai"): ("voice.E013", "Set XIAOZHI_ASR_BASE_URL (and XIAOZHI_ASR_MODEL), or another XIAOZHI_ASR_PROVIDER"),
+    ("tts", "openai"): ("voice.E014", "Set XIAOZHI_TTS_BASE_URL and XIAOZHI_TTS_FORMAT to pcm, wav or mp3, or another XIAOZHI_TTS_PROVIDER"),
+    ("vllm", "openai"): ("voice.E015", "Set XIAOZHI_VLLM_BASE_URL (and XIAOZHI_VLLM_MODEL), or XIAOZHI_VLLM_PROVIDER= for no vision"),
 }
 
 
@@ -33,6 +35,7 @@ def check_voice_settings(app_configs=None, **kwargs):
     problem = sensevoice.language_problem(settings.XIAOZHI_SENSEVOICE_LANGUAGE)
     if problem:
         errors.append(Error(problem, hint="Set XIAOZHI_SENSEVOICE_LANGUAGE to auto, zh, en, yue, ja or ko", id="voice.E005"))
+    errors += _check_extra_tools()
     try:
         performance_config.cache_clear()  # re-read: the check is also how a changed override is validated
         performance_config()
@@ -56,6 +59,19 @@ def _check_readiness():
             check_id, hint = READINESS_IDS.get((kind, name), ("voice.E008", f"Fix what is named, or set another {registry.SETTING[kind]}"))
             errors.append(Error(problem, hint=hint, id=check_id))
     return errors
+
+
+def _check_extra_tools():
+    """A deployment's XIAOZHI_EXTRA_TOOLS are imported at start, so a typo fails here and not at
+    the first turn that offers tools."""
+    from voice.tools.server import ExtraToolError, load_extra_tools
+
+    try:
+        load_extra_tools(settings.XIAOZHI_EXTRA_TOOLS)
+    except ExtraToolError as exc:
+        return [Error(str(exc), hint="Name importable modules with a TOOLS list of voice.tools.model.ServerTool, "
+                                     "or ServerTool objects (README, Tools)", id="voice.E030")]
+    return []
 
 
 @register()

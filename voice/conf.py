@@ -61,6 +61,16 @@ SECTIONS = {
         "socket_timeout": Key(float, 0.1),
         "channel_layer_socket_timeout": Key(float, 6, why="channels-redis blocks up to 5 s on each read"),
     },
+    # Optional, so an override file written before tools existed still loads (defaults: McpLimits).
+    "mcp": {
+        "call_timeout": Key(float, 0.1, required=False),
+        "list_timeout": Key(float, 0.1, required=False),
+        "max_tools": Key(int, 1, required=False),
+        "max_page_bytes": Key(int, 1024, required=False),
+        "max_pages": Key(int, 1, required=False),
+        "max_pending_calls": Key(int, 1, required=False),
+        "max_result_chars": Key(int, 64, required=False),
+    },
 }
 # Rate limits (devices/rate_limits.py): at most ``requests`` in each window of ``seconds`` per key;
 # requests: 0 turns one limit off.
@@ -275,6 +285,19 @@ class RedisPool:
 
 
 @dataclass(frozen=True)
+class McpLimits:
+    """Bounds of one device's MCP client (voice/mcp): the device is untrusted input."""
+
+    call_timeout: float = 30.0  # seconds a tools/call may take (the firmware runs tools on its main task)
+    list_timeout: float = 10.0  # seconds for the initialize reply and for each tools/list page
+    max_tools: int = 32  # tools kept per device; the rest are dropped with a warning
+    max_page_bytes: int = 16384  # a tools/list reply larger than this is refused (the firmware pages at ~8 KB)
+    max_pages: int = 8  # tools/list pages followed before giving up on nextCursor
+    max_pending_calls: int = 4  # tools/call requests in flight per device; more fail at once
+    max_result_chars: int = 2000  # characters of a tool's result handed to the LLM
+
+
+@dataclass(frozen=True)
 class PerformanceConfig:
     profile: str | None
     machine: Machine
@@ -286,6 +309,7 @@ class PerformanceConfig:
     redis: RedisPool
     rate_limits: dict[str, RateLimit] = field(default_factory=dict)
     profiles: tuple[str, ...] = field(default=())
+    mcp: McpLimits = field(default_factory=McpLimits)
 
     def as_dict(self) -> dict:
         return {"profile": self.profile or NO_PROFILE, "profiles": list(self.profiles),
@@ -355,7 +379,7 @@ def load(defaults_path, overrides_path=None, environ: Mapping[str, str] | None =
                              services=services, database=DatabasePool(**_section(flat, "database")),
                              redis=RedisPool(**_section(flat, "redis")),
                              rate_limits={name: RateLimit(**_section(flat, f"rate_limits.{name}")) for name in RATE_LIMITS},
-                             profiles=tuple(profiles))
+                             profiles=tuple(profiles), mcp=McpLimits(**_section(flat, "mcp")))
 
 
 def _order(path: str) -> tuple:
@@ -393,6 +417,10 @@ performance_limits.cache_clear = performance_config.cache_clear  # older callers
 
 def service_limits(name: str) -> ServiceLimits:
     return performance_config().services[name]
+
+
+def mcp_limits() -> McpLimits:
+    return performance_config().mcp
 
 
 def effective_config() -> dict:

@@ -76,6 +76,18 @@ def env_networks(name: str, default: list[str] | None = None) -> tuple:
     return tuple(networks)
 
 
+def env_time_zone(name: str, default: str = "UTC") -> str:
+    """An IANA time-zone name (``Europe/Paris``), checked against the system's zone database."""
+    import zoneinfo
+
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ImproperlyConfigured(f"{name} must be a time-zone name such as Europe/Paris or Asia/Shanghai, got {raw!r}") from None
+    return raw
+
+
 def database_from_url(url: str, conn_max_age: int = 60, conn_health_checks: bool = True,
                       connect_timeout: int | None = None) -> dict:
     """Turn ``mysql://user:pass@host:port/name`` (or ``sqlite:///path``) into a DATABASES entry.

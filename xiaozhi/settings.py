@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from voice.conf import PerformanceConfigError
 from voice.conf import load as load_performance
-from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_networks, env_str
+from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_networks, env_str, env_time_zone
 
 # Whisper (CTranslate2) and llama.cpp each bring an OpenMP runtime whose idle threads busy-wait by
 # default; in one process they starve each other on a small machine (LLM first token 2 s instead of
@@ -241,10 +241,25 @@ if XIAOZHI_VAD_BATCHING not in ("cross_session", "session", "packet"):
 XIAOZHI_VAD_MAX_BATCH = env_int("XIAOZHI_VAD_MAX_BATCH", 64, 1, 1024)
 XIAOZHI_HISTORY_TURNS = env_int("XIAOZHI_HISTORY_TURNS", 6, 0, 100)
 XIAOZHI_PACER_LEAD_FRAMES = env_int("XIAOZHI_PACER_LEAD_FRAMES", 2, 0, 10)
+# No persona name: "You are Xiaozhi" pulled the bundled 135M model into Chinese-flavoured stories on plain
+# factual questions (benchmarks/README.md "Tool calling"). An agent config can still set any persona.
 XIAOZHI_SYSTEM_PROMPT = env_str(
     "XIAOZHI_SYSTEM_PROMPT",
-    "You are Xiaozhi, a friendly voice assistant. Always answer in English, in one or two short sentences.",
+    "You are a helpful voice assistant. Answer the question directly and correctly, in one short sentence.",
 )
+
+# --- Tools (voice/tools, voice/mcp) -------------------------------------------------------------------
+# Offer tools to the LLM: the device's (over MCP, for devices whose hello has features.mcp) and the server's.
+XIAOZHI_TOOLS_ENABLED = env_bool("XIAOZHI_TOOLS_ENABLED", True)
+# Also list the tools the firmware keeps for its owner (reboot, firmware upgrade, screen snapshot).
+XIAOZHI_MCP_WITH_USER_TOOLS = env_bool("XIAOZHI_MCP_WITH_USER_TOOLS", False)
+# LLM rounds that may call tools in one turn; the round after the last one must answer in words.
+XIAOZHI_TOOL_MAX_STEPS = env_int("XIAOZHI_TOOL_MAX_STEPS", 3, 1, 10)
+# The zone of the server's time tool ("What time is it?"): an IANA name; Django's TIME_ZONE by default.
+XIAOZHI_TIME_ZONE = env_time_zone("XIAOZHI_TIME_ZONE", TIME_ZONE)
+# A deployment's own server tools: comma-separated dotted paths, each a module with a TOOLS list or one
+# ServerTool object (see README "Tools").
+XIAOZHI_EXTRA_TOOLS = env_list("XIAOZHI_EXTRA_TOOLS")
 
 # --- Providers (the bundled offline models by default) -----------------------------------------------
 XIAOZHI_VAD_PROVIDER = env_str("XIAOZHI_VAD_PROVIDER", "silero")
@@ -269,6 +284,31 @@ XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_LLM_BREAKER_COOLDOWN_S
 # service's WebSocket URL (blank = edge-tts's own; set it for a relay, or a local fake in tests).
 XIAOZHI_EDGE_TTS_VOICE = env_str("XIAOZHI_EDGE_TTS_VOICE", "en-US-AriaNeural")
 XIAOZHI_EDGE_TTS_URL = env_str("XIAOZHI_EDGE_TTS_URL")
+# For XIAOZHI_ASR_PROVIDER=openai: any OpenAI-compatible POST <base>/audio/transcriptions (hosted
+# Whisper, faster-whisper, SenseVoice servers...), its model and an optional language hint (zh, en).
+XIAOZHI_ASR_BASE_URL = env_str("XIAOZHI_ASR_BASE_URL")
+XIAOZHI_ASR_API_KEY = env_str("XIAOZHI_ASR_API_KEY")
+XIAOZHI_ASR_MODEL = env_str("XIAOZHI_ASR_MODEL", "whisper-1")
+XIAOZHI_ASR_LANGUAGE = env_str("XIAOZHI_ASR_LANGUAGE")
+# For XIAOZHI_TTS_PROVIDER=openai: any OpenAI-compatible POST <base>/audio/speech, its model, the
+# voice when an agent names none, the reply format (pcm, wav or mp3; all decoded as they stream) and
+# the sample rate of pcm replies (OpenAI's: 24000), which wav and mp3 replies are converted to.
+XIAOZHI_TTS_BASE_URL = env_str("XIAOZHI_TTS_BASE_URL")
+XIAOZHI_TTS_API_KEY = env_str("XIAOZHI_TTS_API_KEY")
+XIAOZHI_TTS_MODEL = env_str("XIAOZHI_TTS_MODEL", "tts-1")
+XIAOZHI_TTS_VOICE = env_str("XIAOZHI_TTS_VOICE", "alloy")
+XIAOZHI_TTS_FORMAT = env_str("XIAOZHI_TTS_FORMAT", "pcm")
+XIAOZHI_TTS_SAMPLE_RATE = env_int("XIAOZHI_TTS_SAMPLE_RATE", 24000, 8000, 48000)
+# Their retries and circuit breakers work as the LLM's (above), each with its own breaker; by
+# default with the LLM's figures.
+XIAOZHI_ASR_RETRIES = env_int("XIAOZHI_ASR_RETRIES", XIAOZHI_LLM_RETRIES, 0, 10)
+XIAOZHI_ASR_RETRY_BACKOFF_SECONDS = env_float("XIAOZHI_ASR_RETRY_BACKOFF_SECONDS", XIAOZHI_LLM_RETRY_BACKOFF_SECONDS, 0.0)
+XIAOZHI_ASR_BREAKER_FAILURES = env_int("XIAOZHI_ASR_BREAKER_FAILURES", XIAOZHI_LLM_BREAKER_FAILURES, 1, 1000)
+XIAOZHI_ASR_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_ASR_BREAKER_COOLDOWN_SECONDS", XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS, 0.0)
+XIAOZHI_TTS_RETRIES = env_int("XIAOZHI_TTS_RETRIES", XIAOZHI_LLM_RETRIES, 0, 10)
+XIAOZHI_TTS_RETRY_BACKOFF_SECONDS = env_float("XIAOZHI_TTS_RETRY_BACKOFF_SECONDS", XIAOZHI_LLM_RETRY_BACKOFF_SECONDS, 0.0)
+XIAOZHI_TTS_BREAKER_FAILURES = env_int("XIAOZHI_TTS_BREAKER_FAILURES", XIAOZHI_LLM_BREAKER_FAILURES, 1, 1000)
+XIAOZHI_TTS_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_TTS_BREAKER_COOLDOWN_SECONDS", XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS, 0.0)
 # Vision (the camera tool's photo questions, voice/vision/): an OpenAI-compatible chat server that takes
 # images (hosted APIs, Ollama's vision models, llama.cpp's llama-server with a projector). Blank
 # provider = no vision: no device is offered the upload URL, and its camera tool answers by itself.

@@ -351,7 +351,7 @@ def test_start_up_checks_name_the_vision_settings(settings):
     assert check_voice_settings() == []  # no vision is a valid server
     settings.XIAOZHI_VLLM_PROVIDER, settings.XIAOZHI_VLLM_BASE_URL = "openai", ""
     [error] = check_voice_settings()
-    assert error.id == "voice.E013" and "XIAOZHI_VLLM_BASE_URL" in error.msg
+    assert error.id == "voice.E015" and "XIAOZHI_VLLM_BASE_URL" in error.msg
     settings.XIAOZHI_VLLM_PROVIDER = "llava"
     [error] = check_voice_settings()
     assert error.id == "voice.E001" and "XIAOZHI_VLLM_PROVIDER" in error.msg

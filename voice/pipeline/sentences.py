@@ -5,6 +5,12 @@ few words (fast first audio); later pieces end at sentence punctuation, where pr
 a comma once they have ten words: a long sentence would otherwise keep the device waiting after the
 short first clause (on 2 cores with five answers at once, a 2 s gap every time; none with this cut). A
 period only ends a sentence when followed by a space or the end of the reply ("3.5" stays whole).
+
+Chinese (and Japanese) is written without spaces, so its characters are counted instead of words,
+1.5 to a word (about how long a Chinese word is, and how long it takes to say): the first clause
+may end at "，" or "、" once it has six characters, a later one at fifteen. Its punctuation, in the
+full-width and small forms too, ends pieces as the ASCII one does; a closing quote or bracket
+already received stays with the sentence it closes.
 """
 from __future__ import annotations
 
@@ -12,11 +18,15 @@ import re
 
 from voice.protocol import strip_emoji
 
-_HARD_ENDS = set("!?。！？；;\n")
-_SOFT_ENDS = set(",，、:：")
+_HARD_ENDS = set("!?;\n" "。｡！？；" "﹗﹖﹔")
+_SOFT_ENDS = set(",:" "，、､：" "﹐﹑﹕")
+_FULL_STOP = "．"  # full-width period: a sentence end unless a digit follows ("３．５")
+_CLOSERS = set("\"')]}" "”’」』）】》〉］｝")
 _MARKDOWN = re.compile(r"[*_`#>|~]+")
 _SPACES = re.compile(r"\s+")
 _SPEAKABLE = re.compile(r"[0-9A-Za-z\u00c0-\u024f\u0400-\u04ff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")
+CJK_CHARS_PER_WORD = 1.5
 
 
 def clean_for_speech(text: str) -> str:
@@ -24,9 +34,10 @@ def clean_for_speech(text: str) -> str:
     return _SPACES.sub(" ", _MARKDOWN.sub(" ", strip_emoji(text))).strip()
 
 
-def _word_count(text: str) -> int:
-    cjk = len(re.findall(r"[\u3400-\u9fff]", text))
-    return len(text.split()) + cjk // 2
+def _word_count(text: str) -> float:
+    """Words of ``text``: space-separated words, plus its Chinese/Japanese characters 1.5 a word."""
+    cjk = len(_CJK.findall(text))
+    return len(_CJK.sub(" ", text).split()) + cjk / CJK_CHARS_PER_WORD
 
 
 class SentenceSplitter:
@@ -64,14 +75,20 @@ class SentenceSplitter:
         text = self._pending
         for i, ch in enumerate(text):
             if ch in _HARD_ENDS:
-                return i + 1
-            if ch == "." and i + 1 < len(text) and text[i + 1].isspace():
-                return i + 1
+                return self._past_closers(i + 1)
+            if ch in ".．" and i + 1 < len(text) and not text[i + 1].isdigit() and (ch == _FULL_STOP or text[i + 1].isspace()):
+                return self._past_closers(i + 1)
             if ch in _SOFT_ENDS:
                 least = self.first_clause_min_words if self._emitted == 0 else self.later_clause_min_words
                 if _word_count(text[:i]) >= least:
-                    return i + 1
+                    return self._past_closers(i + 1)
         if len(text) > self.max_chars:
             space = text.rfind(" ", 0, self.max_chars)
             return space if space > 0 else self.max_chars
         return None
+
+    def _past_closers(self, cut: int) -> int:
+        """Past the closing quotes and brackets right after an end (』。” ends there)."""
+        while cut < len(self._pending) and self._pending[cut] in _CLOSERS:
+            cut += 1
+        return cut

@@ -211,7 +211,7 @@ async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: 
     messages = conversation(deps) + [{"role": "user", "content": user_text}]
     splitter = SentenceSplitter()
     started = time.monotonic()
-    stream = deps.services["llm"].stream("reply_stream", deps.llm, messages, deps.llm_model, owner=deps.device_id)
+    stream = deps.services["llm"].stream("reply_stream", deps.llm, messages, None, deps.llm_model, owner=deps.device_id)
     try:
         async with aclosing(stream):
             async for delta in stream:

@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from voice.tools.model import ToolCall
+
 
 class ProviderUnavailable(RuntimeError):
     """A provider cannot start: its package, weights or network are missing. The message names
@@ -50,10 +52,14 @@ class ASRProvider(Protocol):
 class LLMProvider(Protocol):
     name: str
 
-    def stream(self, messages: Sequence[dict], cancel: threading.Event) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict], cancel: threading.Event,
+               tools: Sequence[dict] | None = None) -> Iterator[str | ToolCall]:
         """Yield text deltas of the reply to OpenAI-style ``messages``. Stops early, promptly,
-        once ``cancel`` is set. A provider that serves several models also takes ``model=``
-        (``AgentConfig.llm_model``); it is passed only when one is set."""
+        once ``cancel`` is set. With ``tools`` (OpenAI function specs) the model may instead ask
+        for tool calls: each is yielded as a ``ToolCall`` (arguments parsed), and the reply ends
+        there; ``messages`` may then hold ``assistant`` messages with ``tool_calls`` and ``tool``
+        results (voice.pipeline.tool_loop). A provider that serves several models also takes
+        ``model=`` (``AgentConfig.llm_model``); it is passed only when one is set."""
 
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """A circuit breaker for a remote service, one per provider instance.
 
-When a hosted LLM is down, every turn would otherwise wait for its connect timeout and retries
+When a hosted LLM (or ASR, TTS) is down, every turn would otherwise wait for its connect timeout and retries
 before apologising, and every waiting turn holds an LLM worker slot. After ``failure_threshold``
 consecutive failed requests the breaker *opens*: requests fail at once with ``CircuitOpen``. After
 ``cooldown`` seconds it lets one probe request through (*half-open*); its success closes the
@@ -25,12 +25,15 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         cooldown: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        stats: str = "llm",
     ):
+        """``stats``: the prefix of the live-stats counters (``<stats>_breaker_opened``, ``_rejected``)."""
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
         if cooldown < 0:
             raise ValueError("cooldown must not be negative")
         self.name = name
+        self.stats = stats
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
         self._clock = clock
@@ -69,7 +72,7 @@ class CircuitBreaker:
                 detail = f"retrying in {wait:.1f} s"
             else:
                 detail = "a probe request is in flight"
-        live_stats.incr("llm_breaker_rejected")
+        live_stats.incr(f"{self.stats}_breaker_rejected")
         raise CircuitOpen(
             f"{self.name} is failing ({self.failure_threshold} failures in a row): circuit open, {detail}"
         )
@@ -98,7 +101,7 @@ class CircuitBreaker:
                 self.times_opened += 1
                 opened = True
         if opened:
-            live_stats.incr("llm_breaker_opened")
+            live_stats.incr(f"{self.stats}_breaker_opened")
 
     def snapshot(self) -> dict:
         with self._lock:

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from voice.providers.errors import LLMError
+from voice.tools.model import ToolCall
 
 SILENCE_PEAK = 1e-4  # float32 PCM quieter than this everywhere counts as silence
+# The scripted device's tools (voice.simulated_device), so a fake-model server can show a whole tool turn.
+DEFAULT_TOOL_RULES = {
+    "volume to thirty": ("self.audio_speaker.set_volume", {"volume": 30}),
+    "volume now": ("self.get_device_status", {}),
+    "what time": ("get_time", {}),
+    "goodbye": ("end_conversation", {}),
+}
 
 
 class FakeASR:
@@ -40,19 +48,46 @@ class FakeLLM:
         delay_first: float = 0.0,
         delay_token: float = 0.0,
         fail_after: int | None = None,
+        tool_rules: Mapping[str, tuple[str, dict]] | None = None,
     ):
-        """``fail_after``: raise ``LLMError`` after that many words (0: before the first word)."""
+        """``fail_after``: raise ``LLMError`` after that many words (0: before the first word).
+        ``tool_rules``: a phrase -> (tool name, arguments); when tools are offered, the tool
+        exists (by its function name, dots as underscores) and the last user message contains the
+        phrase (case-insensitive), the reply is that tool call. After a tool result the reply is
+        "Done: <result>"."""
         self.reply = reply
         self.delay_first = delay_first
         self.delay_token = delay_token
         self.fail_after = fail_after
         self.models: list[str | None] = []  # the ``model`` each request asked for, last 100
+        self.tool_rules = dict(tool_rules if tool_rules is not None else DEFAULT_TOOL_RULES)
+        self._calls = 0
 
-    def stream(self, messages: Sequence[dict], cancel: threading.Event, model: str | None = None) -> Iterator[str]:
+    def _tool_call(self, messages: Sequence[dict], tools: Sequence[dict] | None) -> ToolCall | None:
+        if not tools or not messages or messages[-1].get("role") != "user":
+            return None
+        offered = {spec["function"]["name"] for spec in tools}
+        said = str(messages[-1].get("content") or "").lower()
+        for phrase, (name, arguments) in self.tool_rules.items():
+            function = name.replace(".", "_")
+            if phrase.lower() in said and function in offered:
+                self._calls += 1
+                return ToolCall(f"call_{self._calls}", function, dict(arguments))
+        return None
+
+    def stream(self, messages: Sequence[dict], cancel: threading.Event,
+               tools: Sequence[dict] | None = None, model: str | None = None) -> Iterator[str | ToolCall]:
         self.models = [*self.models[-99:], model]
         if _cancelled_during(cancel, self.delay_first):
             return
-        for i, word in enumerate(self.reply.split()):
+        call = self._tool_call(messages, tools)
+        if call is not None:
+            yield call
+            return
+        reply = self.reply
+        if messages and messages[-1].get("role") == "tool":
+            reply = f"Done: {messages[-1].get('content')}"
+        for i, word in enumerate(reply.split()):
             if i == self.fail_after:
                 raise LLMError(f"fake LLM failed after {i} words, as scripted")
             if i and _cancelled_during(cancel, self.delay_token):

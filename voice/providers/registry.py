@@ -68,22 +68,71 @@ def _smollm2():
     )
 
 
+def _retry_policy(kind: str):
+    """Retries and breaker of an OpenAI-compatible provider of ``kind``, from its settings; a retry
+    may start until the turn's wait for the call's first result (first token, first audio) ends."""
+    from voice.conf import service_limits
+    from voice.providers.remote import RetryPolicy
+
+    limits, prefix = service_limits(kind), f"XIAOZHI_{kind.upper()}_"
+    return RetryPolicy(
+        retries=getattr(settings, prefix + "RETRIES"),
+        backoff=getattr(settings, prefix + "RETRY_BACKOFF_SECONDS"),
+        budget=limits.first_token_timeout or limits.timeout,
+        breaker_failures=getattr(settings, prefix + "BREAKER_FAILURES"),
+        breaker_cooldown=getattr(settings, prefix + "BREAKER_COOLDOWN_SECONDS"),
+    )
+
+
 def _openai():
     from voice.conf import service_limits
     from voice.providers.llm.openai_compat import OpenAICompatibleLLM
 
+    policy = _retry_policy("llm")
     return OpenAICompatibleLLM(
         settings.XIAOZHI_LLM_BASE_URL,
         api_key=settings.XIAOZHI_LLM_API_KEY,
         model=settings.XIAOZHI_LLM_MODEL,
         timeout=service_limits("llm").timeout,
         max_tokens=settings.XIAOZHI_LLM_MAX_TOKENS,
-        retries=settings.XIAOZHI_LLM_RETRIES,
-        backoff=settings.XIAOZHI_LLM_RETRY_BACKOFF_SECONDS,
+        retries=policy.retries,
+        backoff=policy.backoff,
         # Retries happen before the first token, which the turn waits for only this long.
-        retry_budget=service_limits("llm").first_token_timeout or service_limits("llm").timeout,
-        breaker_failures=settings.XIAOZHI_LLM_BREAKER_FAILURES,
-        breaker_cooldown=settings.XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS,
+        retry_budget=policy.budget,
+        breaker_failures=policy.breaker_failures,
+        breaker_cooldown=policy.breaker_cooldown,
+    )
+
+
+def _openai_asr():
+    from voice.conf import service_limits
+    from voice.providers.asr.openai_asr import OpenAICompatibleASR
+
+    return OpenAICompatibleASR(
+        settings.XIAOZHI_ASR_BASE_URL,
+        api_key=settings.XIAOZHI_ASR_API_KEY,
+        model=settings.XIAOZHI_ASR_MODEL,
+        language=settings.XIAOZHI_ASR_LANGUAGE,
+        timeout=service_limits("asr").timeout,
+        policy=_retry_policy("asr"),
+    )
+
+
+def _openai_tts():
+    from voice.conf import service_limits
+    from voice.providers.tts.openai_tts import OpenAICompatibleTTS
+
+    limits = service_limits("tts")
+    return OpenAICompatibleTTS(
+        settings.XIAOZHI_TTS_BASE_URL,
+        api_key=settings.XIAOZHI_TTS_API_KEY,
+        model=settings.XIAOZHI_TTS_MODEL,
+        voice=settings.XIAOZHI_TTS_VOICE,
+        response_format=settings.XIAOZHI_TTS_FORMAT,
+        sample_rate=settings.XIAOZHI_TTS_SAMPLE_RATE,
+        # Each wait between two pieces of audio; the turn's stall timeout is shorter when set.
+        timeout=limits.timeout,
+        policy=_retry_policy("tts"),
     )
 
 
@@ -133,9 +182,9 @@ def _fake(kind: str) -> Callable[[], object]:
 
 BUILDERS: dict[str, dict[str, Callable[[], object]]] = {
     "vad": {"silero": _silero},
-    "asr": {"whisper": _whisper, "funasr": _funasr, "fake": _fake("asr")},
+    "asr": {"whisper": _whisper, "funasr": _funasr, "openai": _openai_asr, "fake": _fake("asr")},
     "llm": {"smollm2": _smollm2, "openai": _openai, "fake": _fake("llm")},
-    "tts": {"piper": _piper, "edge": _edge, "fake": _fake("tts")},
+    "tts": {"piper": _piper, "edge": _edge, "openai": _openai_tts, "fake": _fake("tts")},
     "vllm": {"openai": _openai_vision},
 }
 # Display names (the admin's agent form); a provider without one is shown by its name.

@@ -14,6 +14,20 @@ def _openai() -> str | None:
     return None
 
 
+def _openai_asr() -> str | None:
+    if not settings.XIAOZHI_ASR_BASE_URL:
+        return "the openai ASR provider needs a server: set XIAOZHI_ASR_BASE_URL (and XIAOZHI_ASR_MODEL)"
+    return None
+
+
+def _openai_tts() -> str | None:
+    from voice.providers.tts import openai_tts
+
+    if not settings.XIAOZHI_TTS_BASE_URL:
+        return "the openai TTS provider needs a server: set XIAOZHI_TTS_BASE_URL (and XIAOZHI_TTS_MODEL, XIAOZHI_TTS_VOICE)"
+    return openai_tts.format_problem(settings.XIAOZHI_TTS_FORMAT)
+
+
 def _funasr() -> str | None:
     from voice.providers.asr import sensevoice
 
@@ -35,8 +49,10 @@ def _openai_vision() -> str | None:
 # Providers missing here need nothing beyond the packages in requirements.txt.
 CHECKS: dict[tuple[str, str], Callable[[], str | None]] = {
     ("asr", "funasr"): _funasr,
+    ("asr", "openai"): _openai_asr,
     ("llm", "openai"): _openai,
     ("tts", "edge"): _edge,
+    ("tts", "openai"): _openai_tts,
     ("vllm", "openai"): _openai_vision,
 }
 

@@ -46,7 +46,7 @@ def test_a_blank_choice_resolves_to_the_servers_provider(settings):
     settings.XIAOZHI_LLM_PROVIDER = "fake"
     assert registry.resolve("llm", "") == registry.resolve("llm", None) == "fake"
     assert registry.resolve("llm", "openai") == "openai"
-    assert registry.names("tts") == ["piper", "edge", "fake"]
+    assert registry.names("tts") == ["piper", "edge", "openai", "fake"]
 
 
 def test_a_bad_override_file_names_the_key(settings, tmp_path):

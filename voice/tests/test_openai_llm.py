@@ -28,6 +28,9 @@ class ScriptedChat(http.server.BaseHTTPRequestHandler):
             server.arrivals.append(time.monotonic())
             server.bodies.append(body)
             step = server.script.pop(0) if server.script else "ok"
+        if step.startswith("tool_calls"):
+            self._tool_calls(step)
+            return
         if step == "drop":
             self.close_connection = True
             return
@@ -51,6 +54,29 @@ class ScriptedChat(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b'data: {"error": {"message": "overloaded mid-stream"}}\n\n')
             return
         self.wfile.write(b"data: [DONE]\n\n")
+
+    def _tool_calls(self, step):
+        """Like a hosted API asking for tools: the id and name first, then the JSON arguments in
+        fragments, interleaved by ``index`` for two calls ("tool_calls:bad" sends broken JSON)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        arguments = '{"volume": 3' if step == "tool_calls:bad" else '{"volume": 30}'
+        deltas = [
+            {"role": "assistant", "content": None,
+             "tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                             "function": {"name": "self_audio_speaker_set_volume", "arguments": ""}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:8]}}]},
+            {"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                             "function": {"name": "self_get_device_status", "arguments": ""}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": arguments[8:]}}]},
+            {"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]},
+        ]
+        for delta in deltas:
+            self.wfile.write(f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta}]})}\n\n".encode())
+            self.wfile.flush()
+        finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+        self.wfile.write(f"data: {json.dumps(finish)}\n\ndata: [DONE]\n\n".encode())
 
     def log_message(self, *args):
         pass
@@ -294,3 +320,56 @@ def test_an_aborted_turn_frees_the_probe(server):
     stream.close()
     assert ask(llm) == "Hello there, friend."
     assert llm.breaker.state == CLOSED
+
+
+# --- function calling --------------------------------------------------------------------------------------
+TOOLS = [{"type": "function", "function": {"name": "self_audio_speaker_set_volume", "description": "Set the volume.",
+                                           "parameters": {"type": "object", "properties": {"volume": {"type": "integer"}}}}},
+         {"type": "function", "function": {"name": "self_get_device_status", "description": "Status.",
+                                           "parameters": {"type": "object", "properties": {}}}}]
+
+
+def test_tools_are_sent_natively_and_streamed_tool_calls_are_assembled(server):
+    from voice.tools.model import ToolCall
+
+    server.script = ["tool_calls"]
+    items = list(llm_for(server).stream([{"role": "user", "content": "Set the volume to thirty."}], threading.Event(), TOOLS))
+    assert items == [ToolCall("call_a", "self_audio_speaker_set_volume", {"volume": 30}),
+                     ToolCall("call_b", "self_get_device_status", {})]
+    assert server.bodies[0]["tools"] == TOOLS and server.bodies[0]["tool_choice"] == "auto"
+    ask(llm_for(server))  # without tools, none are sent
+    assert "tools" not in server.bodies[1] and "tool_choice" not in server.bodies[1]
+
+
+def test_broken_arguments_are_a_call_with_a_problem_not_a_crash(server):
+    server.script = ["tool_calls:bad"]
+    first, second = llm_for(server).stream([{"role": "user", "content": "x"}], threading.Event(), TOOLS)
+    assert first.arguments == {} and "not valid JSON" in first.problem
+    assert second.arguments == {} and not second.problem
+
+
+async def test_a_whole_tool_turn_through_the_openai_provider(server):
+    """The loop against the local fake of the API: tool calls, the device's answers, then words."""
+    from voice.pipeline.tool_loop import ToolLoop
+    from voice.tests.test_mcp import Device
+    from voice.tools.toolset import Toolset
+
+    server.script = ["tool_calls", "ok"]
+    llm = llm_for(server)
+    device = Device()
+    await device.client.start()
+    tools = Toolset(device.client.tools, [], device_call=device.client.call)
+
+    async def stream(messages, offered):
+        for item in llm.stream(messages, threading.Event(), offered):
+            yield item
+
+    loop = ToolLoop(tools, stream)
+    reply = "".join([d async for d in loop.reply([{"role": "user", "content": "Set the volume to thirty."}])])
+    assert reply == "Hello there, friend."
+    assert device.volume == 30 and [s.name for s in loop.steps] == ["self.audio_speaker.set_volume", "self.get_device_status"]
+    second = server.bodies[1]["messages"]
+    assert second[1]["role"] == "assistant" and [c["id"] for c in second[1]["tool_calls"]] == ["call_a", "call_b"]
+    assert second[1]["tool_calls"][0]["function"]["arguments"] == '{"volume": 30}'
+    assert [(m["role"], m["tool_call_id"]) for m in second[2:]] == [("tool", "call_a"), ("tool", "call_b")]
+    assert second[2]["content"] == "true"

@@ -19,6 +19,7 @@ import numpy as np
 from voice.audio.opus import OpusEncoder
 from voice.audio.resample import resample
 from voice.providers import registry
+from voice.tools.model import ToolCall
 
 PCM_DTYPE = np.float32  # utterances are float32 16 kHz mono; sent as their raw bytes (exact, no base64)
 
@@ -64,12 +65,17 @@ def transcribe(asr_name: str, pcm: bytes) -> str:
 
 
 @operation("reply_stream", streams=True)
-def reply_stream(llm_name: str, messages: list[dict], model: str | None = None, *,
-                 cancel: threading.Event) -> Iterator[str]:
-    """Text deltas of the assistant's reply; ``model`` picks one of the provider's models (the
-    agent's ``llm_model``), for providers that serve several."""
+def reply_stream(llm_name: str, messages: list[dict], tools: list[dict] | None = None, model: str | None = None, *,
+                 cancel: threading.Event) -> Iterator[str | dict]:
+    """Text deltas of the assistant's reply; with ``tools`` (OpenAI function specs) also tool
+    calls, as ``ToolCall.to_wire()`` dicts so they cross a worker's msgpack seam unchanged
+    (``ToolCall.from_wire`` reads them back). ``model`` picks one of the provider's models (the
+    agent's ``llm_model``), for providers that serve several; it is passed only when set."""
     llm = registry.get_llm(llm_name)
-    yield from llm.stream(messages, cancel, model=model) if model else llm.stream(messages, cancel)
+    extra = {"model": model} if model else {}
+    items = llm.stream(messages, cancel, tools, **extra) if tools else llm.stream(messages, cancel, **extra)
+    for item in items:
+        yield item.to_wire() if isinstance(item, ToolCall) else item
 
 
 @operation("tts_frames", streams=True)
@@ -102,3 +108,12 @@ def prefill(llm_name: str, messages: list[dict]) -> None:
     fn = getattr(registry.get_llm(llm_name), "prefill", None)
     if fn is not None:
         fn(messages)
+
+
+@operation("prefill_tools")
+def prefill_tools(llm_name: str, tools: list[dict]) -> None:
+    """Prepare the LLM's tool decision for these tools (SmolLM2 evaluates its router prompt); a
+    no-op for LLMs that decide natively."""
+    fn = getattr(registry.get_llm(llm_name), "prefill_tools", None)
+    if fn is not None and tools:
+        fn(tools)

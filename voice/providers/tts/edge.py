@@ -3,9 +3,9 @@
 HTTPS to the service. Nothing reaches the network at start-up: building the provider only checks
 that the packages import and that the default voice name is well formed.
 
-The service streams MP3 (24 kHz mono, 48 kbit/s) over a WebSocket. It is decoded here with
-miniaudio's pull decoder as it arrives, so the first PCM chunk leaves after the first ~100 ms of
-audio rather than after the whole sentence.
+The service streams MP3 (24 kHz mono, 48 kbit/s) over a WebSocket. It is decoded with miniaudio's
+pull decoder as it arrives (``voice.audio.stream_decode``, shared with the OpenAI-compatible TTS), so
+the first PCM chunk leaves after the first ~100 ms of audio rather than after the whole sentence.
 
 Bridging asyncio into this synchronous, worker-thread interface: each ``synthesize`` call drives
 its *own* event loop on the calling worker thread. edge-tts opens a fresh HTTP session and
@@ -17,7 +17,6 @@ closed synchronously, right there, with nothing left running behind it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib.util
 import logging
 import math
@@ -26,20 +25,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from voice.audio.stream_decode import PullFeed, decode_mp3
 from voice.providers.base import ProviderUnavailable
 from voice.providers.errors import TTSError
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24000  # edge-tts always asks for audio-24khz-48kbitrate-mono-mp3
-DECODE_FRAMES = SAMPLE_RATE // 10  # the decoder hands back 100 ms at a time
-# After the first chunk (sent at once), later ones are gathered to half a second: each chunk is one
-# item crossing the worker bridge, and fewer items keep the TTS thread free sooner.
-LATER_CHUNK_SAMPLES = SAMPLE_RATE // 2
-# The decoder asks for more input before every MP3 frame (~144 bytes at 48 kbit/s) and would block
-# on the network if handed a whole message at once; fed a little at a time, it decodes everything
-# received before it waits for the next message.
-FEED_BYTES = 512
 CLOSE_SECONDS = 2.0  # at most this long closing the WebSocket after a call
 VOICE_SETTING = "XIAOZHI_EDGE_TTS_VOICE"
 # edge-tts's short form: language-REGION-NameNeural, the name possibly with a locale part
@@ -116,61 +108,21 @@ class _EdgeRequest:
         self.timeout = timeout
         self._messages = edge_tts.Communicate(text, voice, connect_timeout=seconds, receive_timeout=seconds).stream()
         self._loop = asyncio.new_event_loop()
-        self.error: BaseException | None = None
-        self._buffer = bytearray()
-        self._ended = False
+        self._feed = PullFeed(self._fetch)
 
     def pcm_chunks(self) -> Iterator[np.ndarray]:
-        import miniaudio
-
-        decoder = None
         try:
-            source = _feed_type()(self)
-            try:
-                decoder = miniaudio.stream_any(
-                    source, miniaudio.FileFormat.MP3, miniaudio.SampleFormat.SIGNED16,
-                    nchannels=1, sample_rate=SAMPLE_RATE, frames_to_read=DECODE_FRAMES,
-                )
-            except miniaudio.DecodeError as exc:
-                raise self._failure(exc) from (self.error or exc)
-            first, gathered, size = True, [], 0
-            for samples in decoder:
-                pcm = np.frombuffer(samples, dtype=np.int16).copy()
-                if not pcm.size:
-                    continue
-                if first:
-                    first = False
-                    yield pcm
-                    continue
-                gathered.append(pcm)
-                size += pcm.size
-                if size >= LATER_CHUNK_SAMPLES:
-                    yield np.concatenate(gathered)
-                    gathered, size = [], 0
-            if self.error is not None:
-                raise self._failure(None) from self.error
-            if gathered:
-                yield np.concatenate(gathered)
+            yield from decode_mp3(self._feed, SAMPLE_RATE)
+        except TTSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the network's or the decoder's failure, as a TTSError
+            raise self._failure(exc) from exc
         finally:
-            if decoder is not None:
-                decoder.close()
             self._close()
 
     # -- the network side, run on the private loop whenever the decoder needs bytes ------------------------
-    def read(self, wanted: int) -> bytes:
-        while not self._buffer and not self._ended:
-            try:
-                data = self._loop.run_until_complete(self._next_audio())
-            except Exception as exc:  # noqa: BLE001 - reported by pcm_chunks as a TTSError
-                self.error, self._ended = exc, True
-                break
-            if data is None:
-                self._ended = True
-            else:
-                self._buffer += data
-        piece = bytes(self._buffer[: min(wanted, FEED_BYTES)])
-        del self._buffer[: len(piece)]
-        return piece
+    def _fetch(self) -> bytes | None:
+        return self._loop.run_until_complete(self._next_audio())
 
     async def _next_audio(self) -> bytes | None:
         async with asyncio.timeout(self.timeout):
@@ -179,8 +131,7 @@ class _EdgeRequest:
                     return message["data"]
         return None
 
-    def _failure(self, decode_error: Exception | None) -> TTSError:
-        exc = self.error or decode_error
+    def _failure(self, exc: Exception) -> TTSError:
         if isinstance(exc, TimeoutError):
             return TTSError(f"Edge TTS timed out ({self.timeout:g} s without audio)")
         return TTSError(f"Edge TTS failed: {type(exc).__name__}: {exc}")
@@ -202,19 +153,3 @@ class _EdgeRequest:
         async with asyncio.timeout(CLOSE_SECONDS):
             await self._messages.aclose()
 
-
-@functools.cache
-def _feed_type():
-    """miniaudio's source class, built on first use: miniaudio is imported only when Edge speaks."""
-    import miniaudio
-
-    class Feed(miniaudio.StreamableSource):
-        """What the decoder pulls MP3 bytes from: the request's ``read``."""
-
-        def __init__(self, request: _EdgeRequest):
-            self.request = request
-
-        def read(self, num_bytes: int) -> bytes:
-            return self.request.read(num_bytes)
-
-    return Feed
