@@ -97,6 +97,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             llm_provider=agent.get("llm_provider") or None,
             tts_provider=agent.get("tts_provider") or None,
             llm_model=agent.get("llm_model") or None,
+            wake_greeting=agent.get("wake_greeting") or "",
         )
         if agent.get("system_prompt"):
             config.system_prompt = agent["system_prompt"]

@@ -36,6 +36,7 @@ def default_session_config(agent: AgentConfig | None = None) -> dict:
         "llm_provider": registry.resolve("llm", agent and agent.llm_provider),
         "tts_provider": registry.resolve("tts", agent and agent.tts_provider),
         "llm_model": (agent and agent.llm_model) or settings.XIAOZHI_LLM_MODEL,
+        "wake_greeting": (agent and agent.wake_greeting) or "",
     }
 
 
@@ -51,6 +52,10 @@ class AgentConfig(models.Model):
     llm_provider = models.CharField(max_length=20, blank=True, choices=llm_choices)
     tts_provider = models.CharField(max_length=20, blank=True, choices=tts_choices)
     llm_model = models.CharField(max_length=200, blank=True, help_text="Blank = the server's XIAOZHI_LLM_MODEL.")
+    wake_greeting = models.CharField(
+        max_length=200, blank=True,
+        help_text="Said when the device hears its wake word, e.g. \"Yes?\" (synthesised once, then replayed); "
+                  "blank = no greeting.")
     is_default = models.BooleanField(default=False, help_text="Used by devices that have no agent of their own.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

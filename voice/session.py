@@ -21,6 +21,7 @@ from enum import Enum
 
 from voice import live_stats
 from voice.activation import ActivationPrompt
+from voice.pipeline import phrase_cache
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
 from voice.pipeline.pacer import Pacer
@@ -78,6 +79,7 @@ class SessionConfig:
     llm_provider: str | None = None
     tts_provider: str | None = None
     llm_model: str | None = None  # for LLMs that serve several models (openai); None: the provider's own
+    wake_greeting: str = ""  # spoken on ``listen detect`` (AgentConfig.wake_greeting); blank: nothing
     output_sample_rate: int = 24000
     hello_timeout: float = 10.0
     idle_timeout: float = 120.0
@@ -147,6 +149,7 @@ class VoiceSession:
         self._audio_ready = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._turn: asyncio.Task | None = None
+        self._greeting: asyncio.Task | None = None  # the wake greeting, while it is the turn
         self._bad_frames = 0
 
     @property
@@ -260,7 +263,9 @@ class VoiceSession:
     async def _on_listen(self, listen: Listen) -> None:
         self.touch()
         if listen.state == "start":
-            if self.state in (THINKING, SPEAKING):
+            # The firmware follows ``detect`` with ``listen start`` at once: that must not cut the greeting.
+            greeting = self._greeting is not None and self._greeting is self._turn and not self._greeting.done()
+            if self.state in (THINKING, SPEAKING) and not greeting:
                 await self.abort("listen start while speaking")
             self.mode = listen.mode or "auto"
             self.listener.reset(self.mode)
@@ -280,6 +285,9 @@ class VoiceSession:
             # The wake word itself was just streamed: do not answer it as a question.
             self.listener.reset()
             self._pending.clear()
+            if self.config.wake_greeting and self.config.activated and self.state not in (THINKING, SPEAKING):
+                self._turn = self._greeting = self._spawn(
+                    phrase_cache.greet(self._deps(), self.config.wake_greeting), "greeting")
 
     async def abort(self, reason: str) -> None:
         turn, self._turn = self._turn, None
