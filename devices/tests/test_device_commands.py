@@ -249,7 +249,7 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-async def remote_device(server):
+async def remote_device(server, transactional_db):
     """A device connected to the server process; its Device row here is the admin's (this process's
     database is not the server's)."""
     from loadtest.simulated_device import SimulatedDevice
