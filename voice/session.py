@@ -21,6 +21,8 @@ from enum import Enum
 
 from voice import live_stats
 from voice.activation import ActivationPrompt
+from voice.conf import mcp_limits  # INTERIM (wt-m)
+from voice.mcp import McpClient
 from voice.pipeline import phrase_cache
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
@@ -46,8 +48,6 @@ from voice.protocol import (
     negotiate_binary_version,
     parse_device_message,
 )
-from voice.conf import mcp_limits
-from voice.mcp import McpClient
 from voice.providers import registry
 from voice.tools.model import Tool, ToolResult
 from voice.watchdogs import IdleWatch, watch_hello
