@@ -147,8 +147,11 @@ class DeviceAdmin(admin.ModelAdmin):
                 problem = str(exc)
         elif not problem and not tools:
             problem = "The device listed no tools on this connection."
+        import json
+
+        shown = [{**tool, "schema": json.dumps(tool.get("parameters") or {}, ensure_ascii=False)} for tool in tools]
         return self._command_page(request, f"Call a tool on {device.device_id}", form if tools else None,
-                                  devices=[device], submit="Call", tools=tools, result=result, problem=problem)
+                                  devices=[device], submit="Call", tools=shown, result=result, problem=problem)
 
     def _device_for_command(self, request, object_id) -> Device:
         if not self.has_change_permission(request):

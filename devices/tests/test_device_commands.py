@@ -25,6 +25,7 @@ from voice.protocol import Alert, Mcp, System, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES_URL = "/admin/devices/device/"
+ADMIN_PASSWORD = "commands-pass-123"
 
 
 class FirmwareMcp:
@@ -136,6 +137,8 @@ async def test_the_device_page_reboots_a_device(connect_device, staff):
 async def test_the_list_actions_alert_and_reboot_the_selected_devices(connect_device, staff):
     first, second = await connect_device(), await connect_device()
     pks = [await pk_of(first), await pk_of(second)]
+    listing = (await get(staff, DEVICES_URL)).content.decode()
+    assert all(f"{DEVICES_URL}{pk}/{page}/" in listing for pk in pks for page in ("alert", "reboot", "tool"))
     form = await post(staff, DEVICES_URL, {"action": "send_alert", "_selected_action": pks})
     assert "Send alert" in form.content.decode() and "status" in form.content.decode()  # the form comes first
     await post(staff, DEVICES_URL, {"action": "send_alert", "_selected_action": pks, "apply": "1",
@@ -210,21 +213,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``python -m xiaozhi.server`` with the scripted fake models, on this run's Redis."""
-    from django.conf import settings
-
-    if not settings.REDIS_URL:
-        pytest.skip("needs REDIS_URL (the channel layer the processes share; CI always sets it)")
+def start_server(tmp_path_factory, name: str):
+    """``python -m xiaozhi.server`` with the scripted fake models (and this run's Redis, if set), with
+    its own migrated database and an administrator; yields its base URL."""
     env = dict(os.environ, XIAOZHI_PRELOAD_MODELS="false", XIAOZHI_WORKER_BACKEND="local",
                XIAOZHI_ASR_PROVIDER="fake", XIAOZHI_LLM_PROVIDER="fake", XIAOZHI_TTS_PROVIDER="fake",
                XIAOZHI_RATE_LIMIT_EXEMPT="127.0.0.1", XIAOZHI_MONITORING_SCHEDULER="off")
     if not env.get("DATABASE_URL"):
-        env["SQLITE_PATH"] = str(tmp_path_factory.mktemp("commands") / "db.sqlite3")
+        env["SQLITE_PATH"] = str(tmp_path_factory.mktemp(name) / "db.sqlite3")
     env.setdefault("XIAOZHI_DATA_DIR", str(tmp_path_factory.mktemp("data")))
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
+    subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                    "from django.contrib.auth.models import User\n"
+                    f"User.objects.filter(username='admin').exists() or "
+                    f"User.objects.create_superuser('admin', 'admin@example.com', '{ADMIN_PASSWORD}')"],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
     port = free_port()
     log_path = tmp_path_factory.mktemp("logs") / "server.log"
     log = open(log_path, "w+")
@@ -242,10 +246,20 @@ def server(tmp_path_factory):
     else:
         process.kill()
         pytest.fail("the server did not start in time")
-    yield f"ws://127.0.0.1:{port}/xiaozhi/v1/"
+    yield f"127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
     log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The server process, on the Redis this process uses too."""
+    from django.conf import settings
+
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL (the channel layer the processes share; CI always sets it)")
+    yield from start_server(tmp_path_factory, "commands")
 
 
 @pytest.fixture
@@ -255,7 +269,7 @@ async def remote_device(server, transactional_db):
     from loadtest.simulated_device import SimulatedDevice
 
     device = SimulatedDevice()
-    assert await device.connect(server)
+    assert await device.connect(f"ws://{server}/xiaozhi/v1/")
     row = await database_sync_to_async(Device.objects.create)(device_id=device.device_id, online=True)
     yield device, row.pk
     await device.close()
@@ -301,3 +315,69 @@ async def test_across_processes_a_disconnected_device_is_reported(remote_device,
                 break
     response = await post(staff, f"{DEVICES_URL}{pk}/alert/", {"status": "a", "message": "b", "emotion": "happy"})
     assert device_commands.NOT_CONNECTED in page_messages(response)[0]
+
+
+# -- in a real browser, against the server process ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser_server(tmp_path_factory):
+    """The server process on its own (admin and device in the same process: no Redis needed)."""
+    yield from start_server(tmp_path_factory, "browser")
+
+
+@pytest.mark.e2e
+async def test_in_chromium_an_admin_alerts_a_device_and_calls_its_tool(browser_server):
+    import shutil
+
+    from django.conf import settings
+    from playwright.async_api import async_playwright
+
+    from loadtest.simulated_device import SimulatedDevice
+
+    chromium = os.environ.get("XIAOZHI_CHROMIUM", "/usr/bin/chromium")
+    # `make test` installs Debian's chromium; a missing browser is a set-up failure, not a skip.
+    assert shutil.which(chromium), f"{chromium} is not installed: apt-get install chromium (make setup does it)"
+    artifacts = Path(settings.BASE_DIR) / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    device = SimulatedDevice()
+    assert await device.connect(f"ws://{browser_server}/xiaozhi/v1/")
+    mcp = FirmwareMcp(device, answer=lambda name, arguments: {"result": {
+        "content": [{"type": "text", "text": f"volume is now {arguments.get('volume')}"}], "isError": False}})
+    base = f"http://{browser_server}"
+    try:
+        async with asyncio.timeout(10):
+            await mcp.listed.wait()
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=chromium, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"])
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+                await page.goto(f"{base}/admin/login/?next={DEVICES_URL}")
+                await page.fill("#id_username", "admin")
+                await page.fill("#id_password", ADMIN_PASSWORD)
+                await page.click("input[type=submit]")
+                await page.goto(f"{base}{DEVICES_URL}?q={device.device_id}")
+                row = page.locator("#result_list tbody tr", has_text=device.device_id)
+                await row.get_by_role("link", name="Alert").click()
+                await page.fill("#id_status", "Notice")
+                await page.fill("#id_message", "Dinner is ready")
+                await page.select_option("#id_emotion", "happy")
+                await page.click("input[type=submit][value='Send alert']")
+                await page.wait_for_selector(".messagelist .success", timeout=15000)
+                alert = await received(device, Alert)
+                assert (alert.status, alert.message, alert.emotion) == ("Notice", "Dinner is ready", "happy")
+
+                # back on the device page (where the alert form returned): call a tool
+                await page.get_by_role("link", name="Call a tool").click()
+                await page.select_option("#id_tool", "self.audio_speaker.set_volume")
+                await page.fill("#id_arguments", '{"volume": 30}')
+                await page.click("input[type=submit][value='Call']")
+                result = await page.wait_for_selector("pre.tool-result", timeout=40000)
+                assert (await result.inner_text()) == "volume is now 30"
+                assert mcp.calls == [("self.audio_speaker.set_volume", {"volume": 30})]
+                await page.screenshot(path=str(artifacts / "device-tool-call.png"), full_page=True)
+            finally:
+                await browser.close()
+    finally:
+        mcp.stop()
+        await device.close()
