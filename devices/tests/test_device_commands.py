@@ -381,3 +381,51 @@ async def test_in_chromium_an_admin_alerts_a_device_and_calls_its_tool(browser_s
     finally:
         mcp.stop()
         await device.close()
+
+
+# -- the consumer's side on its own: a scripted session, the real in-memory layer ---------------------------
+async def answers_to(session, command: dict) -> list[dict]:
+    from channels.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    reply_to = await layer.new_channel()
+    await device_commands.handle(session, {"type": device_commands.COMMAND, "reply_to": reply_to, **command}, layer)
+    got = [await layer.receive(reply_to)]
+    if got[0].get("accepted"):
+        async with asyncio.timeout(5):
+            got.append(await layer.receive(reply_to))
+    return got
+
+
+async def test_bad_commands_get_a_clear_answer_and_nothing_reaches_the_device():
+    from voice.tests.harness import Conversation
+
+    async with Conversation() as c:  # a hello without features.mcp
+        sent = len(c.sent)
+        [missing] = await answers_to(c.session, {"command": "alert", "status": "Notice", "message": "", "emotion": "happy"})
+        assert not missing["ok"] and "status, message and emotion" in missing["text"]
+        [unknown] = await answers_to(c.session, {"command": "selfdestruct"})
+        assert not unknown["ok"] and "unknown command" in unknown["text"]
+        [no_tools] = await answers_to(c.session, {"command": "list_tools"})
+        assert no_tools["ok"] and no_tools["tools"] == []
+        accepted, result = await answers_to(c.session, {"command": "call_tool", "name": "self.reboot", "arguments": {}})
+        assert accepted["accepted"] and not result["ok"] and "does not speak MCP" in result["text"]
+        [bad_args] = await answers_to(c.session, {"command": "call_tool", "name": "x", "arguments": [1]})
+        assert not bad_args["ok"] and "arguments object" in bad_args["text"]
+        assert c.sent[sent:] == []
+
+
+async def test_a_session_before_its_hello_does_not_answer():
+    from channels.layers import InMemoryChannelLayer
+
+    from voice.tests.harness import Conversation
+
+    async with Conversation(hello=False) as c:
+        layer = InMemoryChannelLayer()
+        reply_to = await layer.new_channel()
+        await device_commands.handle(c.session, {"type": device_commands.COMMAND, "reply_to": reply_to,
+                                                 "command": "reboot"}, layer)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await layer.receive(reply_to)
+        assert c.sent == []
