@@ -2,14 +2,15 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import F
-from django.shortcuts import redirect
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from devices import rate_limits, records
+from devices import device_commands, rate_limits, records
 from devices.client_address import client_address
-from devices.forms import AgentConfigForm, BindActivationCodeForm
+from devices.device_commands import DeviceNotConnected
+from devices.forms import AgentConfigForm, AlertForm, BindActivationCodeForm, ToolCallForm
 from devices.models import AgentConfig, Device, DeviceSession, Turn, VisionQuery
 
 
@@ -27,13 +28,13 @@ class AgentConfigAdmin(admin.ModelAdmin):
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
     list_display = ("device_id", "board", "firmware_version", "activated", "bound_client_id", "online", "last_seen",
-                    "agent")
+                    "agent", "commands")
     list_filter = ("online", "activated", "agent")
     search_fields = ("device_id", "client_id", "board")
     list_select_related = ("agent",)
     readonly_fields = ("activation_code", "activation_code_expires_at", "bound_client_id", "bound_at", "online",
                        "last_seen", "created_at", "recent_turns", "recent_photo_questions")
-    actions = ["mark_activated", "reset_binding"]
+    actions = ["mark_activated", "reset_binding", "send_alert", "reboot"]
 
     @admin.display(description="Recent turns (ms after end of speech)")
     def recent_turns(self, obj):
@@ -89,9 +90,111 @@ class DeviceAdmin(admin.ModelAdmin):
                 else "will be bound to the next client that polls or connects")
         self.message_user(request, f"{count} device(s) unbound; each {then}.", messages.SUCCESS)
 
+    @admin.display(description="Commands")
+    def commands(self, obj):
+        """Links to what can be sent to an online device's live connection."""
+        if not obj.online:
+            return "-"
+        from django.utils.html import format_html
+
+        return format_html('<a href="{}">Alert</a> · <a href="{}">Reboot</a> · <a href="{}">Call a tool</a>',
+                           reverse("admin:devices_device_alert", args=[obj.pk]),
+                           reverse("admin:devices_device_reboot", args=[obj.pk]),
+                           reverse("admin:devices_device_tool", args=[obj.pk]))
+
+    # -- commands to the live connection (devices/device_commands.py) --------------------------------------
+    def _report(self, request, answers: dict) -> None:
+        """Tell the admin what came of a command, device by device."""
+        for device_id, reply in answers.items():
+            if isinstance(reply, DeviceNotConnected):
+                self.message_user(request, f"{device_id}: {reply}", messages.ERROR)
+            else:
+                self.message_user(request, f"{device_id}: {reply.text}", messages.SUCCESS if reply.ok else messages.ERROR)
+
+    @admin.action(description="Send an alert to the selected devices", permissions=["change"])
+    def send_alert(self, request, queryset):
+        """First a form (status, message, emotion), then the alert to each selected device."""
+        form = AlertForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            data = form.cleaned_data
+            self._report(request, device_commands.send_alert([d.device_id for d in queryset], data["status"],
+                                                             data["message"], data["emotion"]))
+            return None
+        return self._command_page(request, "Send an alert", form, devices=list(queryset), bulk_action="send_alert",
+                                  submit="Send alert")
+
+    @admin.action(description="Reboot the selected devices (online ones)", permissions=["change"])
+    def reboot(self, request, queryset):
+        self._report(request, device_commands.reboot([d.device_id for d in queryset]))
+
+    def alert_view(self, request, object_id):
+        device = self._device_for_command(request, object_id)
+        form = AlertForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            self._report(request, device_commands.send_alert([device.device_id], data["status"], data["message"],
+                                                             data["emotion"]))
+            return redirect(reverse("admin:devices_device_change", args=[device.pk]))
+        return self._command_page(request, f"Send an alert to {device.device_id}", form, devices=[device],
+                                  submit="Send alert")
+
+    def reboot_view(self, request, object_id):
+        device = self._device_for_command(request, object_id)
+        if request.method == "POST":
+            self._report(request, device_commands.reboot([device.device_id]))
+            return redirect(reverse("admin:devices_device_change", args=[device.pk]))
+        return self._command_page(request, f"Reboot {device.device_id}", None, devices=[device], submit="Reboot",
+                                  intro="The device restarts at once; a conversation in progress is cut off.")
+
+    def tool_view(self, request, object_id):
+        """The tools the live connection listed; call one with JSON arguments and see its answer."""
+        device = self._device_for_command(request, object_id)
+        result, problem, tools = None, "", []
+        try:
+            listed = device_commands.list_tools(device.device_id)
+            tools = listed.tools if listed.ok else []
+            problem = "" if listed.ok else listed.text
+        except DeviceNotConnected as exc:
+            problem = str(exc)
+        form = ToolCallForm(request.POST if request.method == "POST" and tools else None, tools=tools,
+                            initial={"arguments": "{}"})
+        if tools and request.method == "POST" and form.is_valid():
+            try:
+                result = device_commands.call_tool(device.device_id, form.cleaned_data["tool"],
+                                                   form.cleaned_data["arguments"])
+            except DeviceNotConnected as exc:
+                problem = str(exc)
+        elif not problem and not tools:
+            problem = "The device listed no tools on this connection."
+        import json
+
+        shown = [{**tool, "schema": json.dumps(tool.get("parameters") or {}, ensure_ascii=False)} for tool in tools]
+        return self._command_page(request, f"Call a tool on {device.device_id}", form if tools else None,
+                                  devices=[device], submit="Call", tools=shown, result=result, problem=problem)
+
+    def _device_for_command(self, request, object_id) -> Device:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        return get_object_or_404(Device, pk=object_id)
+
+    def _command_page(self, request, title, form, *, devices, submit, bulk_action="", intro="", tools=(),
+                      result=None, problem=""):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts, "title": title, "form": form, "devices": devices, "submit": submit,
+            "bulk_action": bulk_action, "intro": intro, "tools": tools, "result": result, "problem": problem,
+        }
+        return TemplateResponse(request, "admin/devices/device/command.html", context)
+
     def get_urls(self):
-        bind = path("bind/", self.admin_site.admin_view(self.bind_view), name="devices_device_bind")
-        return [bind, *super().get_urls()]
+        view = self.admin_site.admin_view
+        return [
+            path("bind/", view(self.bind_view), name="devices_device_bind"),
+            path("<path:object_id>/alert/", view(self.alert_view), name="devices_device_alert"),
+            path("<path:object_id>/reboot/", view(self.reboot_view), name="devices_device_reboot"),
+            path("<path:object_id>/tool/", view(self.tool_view), name="devices_device_tool"),
+            *super().get_urls(),
+        ]
 
     def bind_view(self, request):
         """Enter the code a device shows, the admin's half of the OTA activation handshake."""

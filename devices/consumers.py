@@ -18,18 +18,15 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from devices import rate_limits, records
+from devices import device_commands, rate_limits, records
 from devices.connection_limits import address_slots, slots
+from devices.device_commands import device_group
 from voice import live_stats
 from voice.conf import performance_config
 from voice.protocol import CloseCode, negotiate_binary_version
 from voice.session import SessionConfig, VoiceSession
 
 log = logging.getLogger(__name__)
-
-
-def device_group(device_id: str) -> str:
-    return "device." + device_id.replace(":", "")
 
 
 class DeviceConsumer(AsyncWebsocketConsumer):
@@ -97,6 +94,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             llm_provider=agent.get("llm_provider") or None,
             tts_provider=agent.get("tts_provider") or None,
             llm_model=agent.get("llm_model") or None,
+            wake_greeting=agent.get("wake_greeting") or "",
         )
         if agent.get("system_prompt"):
             config.system_prompt = agent["system_prompt"]
@@ -147,6 +145,11 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             if self.session:
                 await self.session.close("replaced")
             await self.close(code=CloseCode.REPLACED, reason="replaced by a newer connection of this device")
+
+    async def device_command(self, event):
+        """A command from the admin (devices/device_commands.py): alert, reboot, list or call a tool."""
+        if not self.closed:
+            await device_commands.handle(self.session, event, self.channel_layer)
 
     # -- the session's transport ---------------------------------------------------------------------------
     async def send_text(self, text: str) -> None:

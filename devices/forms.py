@@ -48,3 +48,40 @@ class AgentConfigForm(forms.ModelForm):
             if problem:
                 self.add_error("voice", f"{problem}.")
         return cleaned
+
+
+def _emotion_choices() -> list[tuple[str, str]]:
+    from voice.protocol import EMOTIONS
+
+    names = sorted(set(EMOTIONS.values()))
+    return [(name, name) for name in names]
+
+
+class AlertForm(forms.Form):
+    """The firmware shows an alert only with all three strings: each is required here."""
+
+    status = forms.CharField(max_length=100, help_text="Shown as the status line, e.g. \"Notice\".")
+    message = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 3}),
+                              help_text="The text the device shows.")
+    emotion = forms.ChoiceField(choices=_emotion_choices, initial="neutral", help_text="The face the device shows.")
+
+
+class ToolCallForm(forms.Form):
+    """One of the tools the device's live connection listed, with JSON arguments."""
+
+    tool = forms.ChoiceField(choices=())
+    arguments = forms.CharField(
+        initial="{}", required=False, widget=forms.Textarea(attrs={"rows": 4, "class": "vLargeTextField"}),
+        help_text='A JSON object, e.g. {"volume": 30}.')
+
+    def __init__(self, *args, tools: list[dict] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["tool"].choices = [(t["name"], t["name"]) for t in tools]
+
+    def clean_arguments(self) -> dict:
+        from devices.device_commands import parse_arguments
+
+        try:
+            return parse_arguments(self.cleaned_data.get("arguments", ""))
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None

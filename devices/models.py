@@ -45,6 +45,7 @@ def default_session_config(agent: AgentConfig | None = None) -> dict:
         # "" = no vision for this agent (none on the server, or the agent chose none)
         "vllm_provider": registry.resolve("vllm", agent and agent.vllm_provider),
         "vllm_model": (agent and agent.vllm_model) or settings.XIAOZHI_VLLM_MODEL,
+        "wake_greeting": (agent and agent.wake_greeting) or "",
     }
 
 
@@ -65,6 +66,10 @@ class AgentConfig(models.Model):
         help_text="Answers the camera tool's photo questions. Server default = XIAOZHI_VLLM_PROVIDER (blank there: none).")
     vllm_model = models.CharField("vision model", max_length=200, blank=True,
                                   help_text="Blank = the server's XIAOZHI_VLLM_MODEL.")
+    wake_greeting = models.CharField(
+        max_length=200, blank=True,
+        help_text="Said when the device hears its wake word, e.g. \"Yes?\" (synthesised once, then replayed); "
+                  "blank = no greeting.")
     is_default = models.BooleanField(default=False, help_text="Used by devices that have no agent of their own.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

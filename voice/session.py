@@ -21,6 +21,9 @@ from enum import Enum
 
 from voice import live_stats
 from voice.activation import ActivationPrompt
+from voice.conf import mcp_limits  # INTERIM (wt-m)
+from voice.mcp import McpClient
+from voice.pipeline import phrase_cache
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
 from voice.pipeline.pacer import Pacer
@@ -35,15 +38,18 @@ from voice.protocol import (
     FrameError,
     Hello,
     Listen,
+    Mcp,
     Ping,
     Pong,
     ProtocolError,
     ServerHello,
+    System,
     encode,
     negotiate_binary_version,
     parse_device_message,
 )
 from voice.providers import registry
+from voice.tools.model import Tool, ToolResult
 from voice.watchdogs import IdleWatch, watch_hello
 from voice.workers import ServiceBusy, ServiceTimeout
 from voice.workers import services as default_services
@@ -78,6 +84,7 @@ class SessionConfig:
     llm_provider: str | None = None
     tts_provider: str | None = None
     llm_model: str | None = None  # for LLMs that serve several models (openai); None: the provider's own
+    wake_greeting: str = ""  # spoken on ``listen detect`` (AgentConfig.wake_greeting); blank: nothing
     output_sample_rate: int = 24000
     hello_timeout: float = 10.0
     idle_timeout: float = 120.0
@@ -147,7 +154,9 @@ class VoiceSession:
         self._audio_ready = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._turn: asyncio.Task | None = None
+        self._greeting: asyncio.Task | None = None  # the wake greeting, while it is the turn
         self._bad_frames = 0
+        self.mcp: McpClient | None = None  # INTERIM (wt-m): worktree f's MCP integration replaces this wiring
 
     @property
     def state(self) -> SessionState:
@@ -174,6 +183,8 @@ class VoiceSession:
         self.closed = True
         if self._turn:
             self._turn.cancel()
+        if self.mcp:
+            self.mcp.close()  # INTERIM (wt-m)
         for task in list(self._tasks):
             task.cancel()
         await self.pacer.close()
@@ -214,6 +225,8 @@ class VoiceSession:
             await self.abort(message.reason or "abort")
         elif isinstance(message, Ping):
             await self.transport.send_text(encode(Pong()))
+        elif isinstance(message, Mcp) and self.mcp:  # INTERIM (wt-m)
+            self.mcp.handle(message.payload)
         # mcp and legacy iot messages are accepted and ignored for now
 
     def handle_binary(self, data: bytes) -> None:
@@ -256,11 +269,19 @@ class VoiceSession:
         params = AudioParams("opus", self.config.output_sample_rate, 1, 60)
         await self.transport.send_text(encode(ServerHello(self.config.session_id, params, version=version)))
         self.touch()
+        if hello.features.get("mcp") and self.mcp is None:  # INTERIM (wt-m)
+            self.mcp = McpClient(self._send_mcp, mcp_limits(), device=self.config.device_id)
+            self._spawn(self.mcp.start(), "mcp-start")
+
+    async def _send_mcp(self, payload: dict) -> None:  # INTERIM (wt-m)
+        await self.transport.send_text(encode(Mcp(payload)))
 
     async def _on_listen(self, listen: Listen) -> None:
         self.touch()
         if listen.state == "start":
-            if self.state in (THINKING, SPEAKING):
+            # The firmware follows ``detect`` with ``listen start`` at once: that must not cut the greeting.
+            greeting = self._greeting is not None and self._greeting is self._turn and not self._greeting.done()
+            if self.state in (THINKING, SPEAKING) and not greeting:
                 await self.abort("listen start while speaking")
             self.mode = listen.mode or "auto"
             self.listener.reset(self.mode)
@@ -280,6 +301,9 @@ class VoiceSession:
             # The wake word itself was just streamed: do not answer it as a question.
             self.listener.reset()
             self._pending.clear()
+            if self.config.wake_greeting and self.config.activated and self.state not in (THINKING, SPEAKING):
+                self._turn = self._greeting = self._spawn(
+                    phrase_cache.greet(self._deps(), self.config.wake_greeting), "greeting")
 
     async def abort(self, reason: str) -> None:
         turn, self._turn = self._turn, None
@@ -298,6 +322,33 @@ class VoiceSession:
         self._phase = self._resting
         self.listener.reset()
         self._pending.clear()
+
+    # -- commands from the admin (devices/device_commands.py, over the channel layer) ---------------------
+    @property
+    def connected(self) -> bool:
+        """Past the hello and not closed: what is sent now reaches the device."""
+        return self.framing is not None and not self.closed
+
+    async def send_alert(self, status: str, message: str, emotion: str) -> None:
+        await self.transport.send_text(encode(Alert(status, message, emotion)))
+
+    async def reboot(self) -> None:
+        log.info("session %s: reboot requested by the admin", self.config.session_id)
+        await self.transport.send_text(encode(System("reboot")))
+
+    def device_tools(self) -> tuple[Tool, ...]:
+        """The tools the device listed over MCP on this connection (none without ``features.mcp``)."""
+        return self.mcp.tools if self.mcp else ()
+
+    async def call_tool(self, name: str, arguments: dict, timeout: float | None = None) -> ToolResult:
+        if self.mcp is None:
+            return ToolResult.error("the device does not speak MCP (its hello had no features.mcp)")
+        await self.mcp.ready.wait()  # the tools are still being listed right after the hello
+        return await self.mcp.call(name, arguments, timeout)
+
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        """Run ``coro`` as a task of this session (cancelled when it closes)."""
+        return self._spawn(coro, name)
 
     # -- input: decode + VAD off the loop -------------------------------------------------------------------
     async def _input_loop(self) -> None:

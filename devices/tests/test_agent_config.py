@@ -18,15 +18,18 @@ def test_without_an_agent_the_session_uses_the_server_defaults():
         "system_prompt": "Server prompt", "voice": "", "asr_provider": "whisper",
         "llm_provider": "smollm2", "tts_provider": "piper", "llm_model": "",
         "vllm_provider": "", "vllm_model": "",
+        "wake_greeting": "",
     }
 
 
 def test_blank_agent_fields_fall_back_to_the_server_defaults():
-    agent = AgentConfig(name="Mixed", voice="zh_CN-huayan", tts_provider="edge", llm_model="gpt-4o-mini")
+    agent = AgentConfig(name="Mixed", voice="zh_CN-huayan", tts_provider="edge", llm_model="gpt-4o-mini",
+                        wake_greeting="Yes?")
     assert agent.session_config() == {
         "system_prompt": "Server prompt", "voice": "zh_CN-huayan", "asr_provider": "whisper",
         "llm_provider": "smollm2", "tts_provider": "edge", "llm_model": "gpt-4o-mini",
         "vllm_provider": "", "vllm_model": "",
+        "wake_greeting": "Yes?",
     }
 
 
