@@ -4,8 +4,8 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from devices import records
-from devices.forms import AgentConfigForm, BindActivationCodeForm
+from devices import memory_records, records
+from devices.forms import AgentConfigForm, BindActivationCodeForm, DeviceForm
 from devices.models import AgentConfig, Device, DeviceSession, Turn
 
 
@@ -13,21 +13,23 @@ from devices.models import AgentConfig, Device, DeviceSession, Turn
 class AgentConfigAdmin(admin.ModelAdmin):
     form = AgentConfigForm
     list_display = (
-        "name", "is_default", "voice", "asr_provider", "llm_provider", "tts_provider", "llm_model", "updated_at",
+        "name", "is_default", "voice", "asr_provider", "llm_provider", "tts_provider", "llm_model", "memory_enabled",
+        "updated_at",
     )
-    list_filter = ("is_default",)
+    list_filter = ("is_default", "memory_enabled")
     search_fields = ("name", "system_prompt")
 
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
+    form = DeviceForm
     list_display = ("device_id", "board", "firmware_version", "activated", "online", "last_seen", "agent")
     list_filter = ("online", "activated", "agent")
     search_fields = ("device_id", "client_id", "board")
     list_select_related = ("agent",)
     readonly_fields = ("activation_code", "activation_code_expires_at", "online", "last_seen", "created_at",
-                       "recent_turns")
-    actions = ["mark_activated"]
+                       "memory_updated_at", "recent_turns")
+    actions = ["mark_activated", "clear_memory"]
 
     @admin.display(description="Recent turns (ms after end of speech)")
     def recent_turns(self, obj):
@@ -53,6 +55,11 @@ class DeviceAdmin(admin.ModelAdmin):
     def mark_activated(self, request, queryset):
         count = queryset.update(activated=True, activation_code="", activation_code_expires_at=None)
         self.message_user(request, f"{count} device(s) marked activated.", messages.SUCCESS)
+
+    @admin.action(description="Clear the memory of selected devices", permissions=["change"])
+    def clear_memory(self, request, queryset):
+        count = memory_records.clear_memory(queryset)
+        self.message_user(request, f"Memory of {count} device(s) cleared.", messages.SUCCESS)
 
     def get_urls(self):
         bind = path("bind/", self.admin_site.admin_view(self.bind_view), name="devices_device_bind")

@@ -36,6 +36,7 @@ def default_session_config(agent: AgentConfig | None = None) -> dict:
         "llm_provider": registry.resolve("llm", agent and agent.llm_provider),
         "tts_provider": registry.resolve("tts", agent and agent.tts_provider),
         "llm_model": (agent and agent.llm_model) or settings.XIAOZHI_LLM_MODEL,
+        "memory_enabled": agent.memory_enabled if agent else settings.XIAOZHI_MEMORY_ENABLED,
     }
 
 
@@ -52,6 +53,9 @@ class AgentConfig(models.Model):
     tts_provider = models.CharField(max_length=20, blank=True, choices=tts_choices)
     llm_model = models.CharField(max_length=200, blank=True, help_text="Blank = the server's XIAOZHI_LLM_MODEL.")
     is_default = models.BooleanField(default=False, help_text="Used by devices that have no agent of their own.")
+    memory_enabled = models.BooleanField(
+        default=True, help_text="Keep a short memory of what the user says about themselves (per device, shown on "
+        "the device page) and give it to the next session. Turn off for shared or public devices.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -84,6 +88,11 @@ class Device(models.Model):
     online = models.BooleanField(default=False, db_index=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Bounded by XIAOZHI_MEMORY_MAX_CHARS where it is written (voice/memory.py, the admin form).
+    memory = models.TextField(
+        blank=True, help_text="What the user said about themselves, given to the next session's system prompt "
+        "(kept by the server when the agent's memory is on; edit or clear it here).")
+    memory_updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["device_id"]

@@ -96,3 +96,17 @@ def prefill(llm_name: str, messages: list[dict]) -> None:
     fn = getattr(registry.get_llm(llm_name), "prefill", None)
     if fn is not None:
         fn(messages)
+
+
+@operation("summarize_memory")
+def summarize_memory(llm_name: str, old_memory: str, dialogue: list[list[str]], max_chars: int,
+                     model: str | None = None) -> str:
+    """A device's memory rewritten with what the user said about themselves in ``dialogue``
+    ((user, assistant) pairs), at most ``max_chars`` (``voice.memory``)."""
+    from voice import memory
+
+    llm = registry.get_llm(llm_name)
+    messages = memory.summary_messages(old_memory, dialogue, max_chars)
+    cancel = threading.Event()
+    parts = llm.stream(messages, cancel, model=model) if model else llm.stream(messages, cancel)
+    return memory.clean_summary("".join(parts), old_memory, max_chars)
