@@ -56,6 +56,13 @@ class DeviceAdmin(admin.ModelAdmin):
         count = queryset.update(activated=True, activation_code="", activation_code_expires_at=None)
         self.message_user(request, f"{count} device(s) marked activated.", messages.SUCCESS)
 
+    def save_model(self, request, obj, form, change):
+        if "memory" in form.changed_data:
+            from django.utils import timezone
+
+            obj.memory_updated_at = timezone.now()
+        super().save_model(request, obj, form, change)
+
     @admin.action(description="Clear the memory of selected devices", permissions=["change"])
     def clear_memory(self, request, queryset):
         count = memory_records.clear_memory(queryset)
