@@ -1,6 +1,6 @@
 """Start-up checks: settings and performance.yaml are validated before the server serves anything."""
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 
 from voice.conf import PerformanceConfigError, performance_config
 from voice.providers import registry, requirements
@@ -74,3 +74,17 @@ def check_worker_backend(app_configs=None, **kwargs):
             f"XIAOZHI_WORKER_BACKEND=celery needs the Redis channel layer (CHANNEL_LAYERS is {layer.rsplit('.', 1)[-1]})",
             hint="Set REDIS_URL: workers send results over the channel layer", id="voice.E012"))
     return errors
+
+
+@register()
+def check_memory_method(app_configs=None, **kwargs):
+    """Per-device memory summarised by the bundled SmolLM2 is noise (benchmarks/README.md, "Memory"):
+    say so when the setting asks for it."""
+    from voice import memory
+
+    llm = registry.resolve("llm")
+    if settings.XIAOZHI_MEMORY_ENABLED and llm in memory.EXTRACTING_LLMS and settings.XIAOZHI_MEMORY_METHOD == "llm":
+        return [Warning(f"XIAOZHI_MEMORY_METHOD=llm with XIAOZHI_LLM_PROVIDER={llm}: this model's memory summaries "
+                        "lose the user's name and add invented facts",
+                        hint="Leave XIAOZHI_MEMORY_METHOD at auto (extraction for this model)", id="voice.W101")]
+    return []

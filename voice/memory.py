@@ -27,13 +27,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from voice import live_stats
+from voice.workers.admission import ServiceBusy
 
 log = logging.getLogger(__name__)
 
 MAX_DIALOGUE_TURNS = 20  # turns of one session (or of several coalesced updates) one update sees
 MAX_UTTERANCE_CHARS = 500  # each side of a turn, as handed to the summary
 MAX_FACT_CHARS = 80  # one extracted fact's value
-EXTRACTING_LLMS = frozenset({"smollm2"})  # "auto": these get ``extract`` (too small to summarise)
+# "auto": these get ``extract``: SmolLM2 is too small to summarise, the fake LLM (tests, load tests)
+# answers anything with its script, and neither should spend an LLM slot at every session's end.
+EXTRACTING_LLMS = frozenset({"smollm2", "fake"})
 
 Dialogue = tuple[tuple[str, str], ...]  # (user, assistant) pairs, oldest first
 
@@ -309,6 +312,9 @@ class MemoryUpdates:
                 new = clean_summary(answer, old, self.max_chars)
             if new != old and not await database_sync_to_async(store.replace)(job.device_pk, old, new):
                 return "retry"  # edited or cleared meanwhile: merge into what is there now
+        except ServiceBusy:
+            live_stats.incr("memory_updates_deferred")  # e.g. the device's own share, taken by its new session
+            return "retry"
         except Exception as exc:  # noqa: BLE001 - a failed update is retried, then given up (logged)
             job.attempts += 1
             live_stats.incr("memory_updates_failed")

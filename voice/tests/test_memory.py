@@ -290,3 +290,43 @@ async def test_a_failing_llm_is_retried_then_given_up_with_a_log_line(summaries,
     assert "given up after 3 failures" in caplog.text
     await device.arefresh_from_db()
     assert device.memory == ""
+
+
+def test_a_check_warns_when_the_bundled_model_is_asked_to_summarise(settings):
+    from voice.checks import check_memory_method
+
+    settings.XIAOZHI_LLM_PROVIDER = "smollm2"
+    settings.XIAOZHI_MEMORY_METHOD = "llm"
+    assert [w.id for w in check_memory_method()] == ["voice.W101"]
+    settings.XIAOZHI_MEMORY_METHOD = "auto"
+    assert check_memory_method() == []
+    settings.XIAOZHI_LLM_PROVIDER, settings.XIAOZHI_MEMORY_METHOD = "openai", "llm"
+    assert check_memory_method() == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_refusal_by_the_llm_service_defers_rather_than_counts_as_a_failure(summaries):
+    """The device's own share (``per_device``) may be taken by its new session's turn."""
+    from voice.workers import ServiceBusy
+
+    device = await Device.objects.acreate(device_id="aa:00:00:00:00:0b")
+    real = llm_service()
+
+    class RefusesTwice:
+        refusals = 0
+
+        def occupancy(self):
+            return real.occupancy()
+
+        async def call(self, *args, **kwargs):
+            if self.refusals < 2:
+                self.refusals += 1
+                raise ServiceBusy("aa:00:00:00:00:0b already has 1 call in llm")
+            return await real.call(*args, **kwargs)
+
+    service = RefusesTwice()
+    queue = queue_for(service, max_attempts=1)
+    queue.submit(job(device))
+    assert await queue.drain(10)
+    await device.arefresh_from_db()
+    assert service.refusals == 2 and "Ana" in device.memory
