@@ -13,6 +13,7 @@ Two parts, with varied names and preferences:
   name as the ASR heard it in session 1 (spoken "Ana" is heard as "Anna").
 
     python benchmarks/memory_recall.py --trials 10
+    python benchmarks/memory_recall.py --parts placements --output benchmarks/results/memory_placements.json
 """
 from __future__ import annotations
 
@@ -59,12 +60,12 @@ def introduction(name: str, thing: str) -> str:
 
 
 def judge(reply: str, name: str) -> dict:
-    """``recalled``: the reply holds the name; ``as_users_name``: stricter, it gives it as the
-    user's ("Your name is Ana", "Ana.", "Hello Ana"), not as the assistant's own ("I'm Ana")."""
+    """``recalled``: the reply holds the name; ``as_users_name``: stricter, it holds it and never
+    claims it as the assistant's own ("I'm Ana, your assistant", which SmolLM2 often answers)."""
     low, n = reply.lower(), re.escape(name.lower())
-    own = re.search(rf"\b(?:i'm|i am|my name is|call me)\s+{n}\b", low)
-    users = re.search(rf"(?:your name is|user.s name is|you are|you're|^|hello,?|hi,?)\s*{n}\b", low)
-    return {"recalled": name.lower() in low, "as_users_name": bool(users) and not own}
+    own = re.search(rf"\b(?:i'm|i am|my name is|call me|this is)\s+{n}\b", low)
+    recalled = re.search(rf"\b{n}\b", low) is not None
+    return {"recalled": recalled, "as_users_name": recalled and not own}
 
 
 def text_part(trials: int) -> dict:
@@ -101,6 +102,40 @@ def text_part(trials: int) -> dict:
                            "as_users_name": sum(r["as_users_name"] for r in mine),
                            "memory_has_name": sum(r["memory_has_name"] for r in mine),
                            "memory_has_thing": sum(r["memory_has_thing"] for r in mine)}
+    return {"summary": summary, "rows": rows}
+
+
+# Where the memory goes in the system prompt (``memory.prompt_with_memory`` uses the first).
+PLACEMENTS = {
+    "appended": lambda system, m: f"{system} {m}",
+    "appended+call_by_name": lambda system, m: f"{system} {m} Call the user by their name.",
+    "intro_sentence": lambda system, m: f"{system} You know the user from earlier conversations. {m}",
+    "person_talking_to_you": lambda system, m: f"{system} " + m.replace(
+        "The user's", "The name of the person talking to you").replace("The user", "The person talking to you"),
+    "heading": lambda system, m: f"{system} About the user, not about you: {m}",
+}
+
+
+def placements_part(trials: int, repeats: int = 2) -> dict:
+    """The extracted memory placed in the system prompt in several ways, each asked the question."""
+    from django.conf import settings
+
+    from voice import memory
+    from voice.providers import registry
+
+    llm = registry.get_llm("smollm2")
+    rows = []
+    for _ in range(repeats):
+        for name, thing in (PEOPLE * 2)[:trials]:
+            text = memory.merge_extracted("", ((introduction(name, thing), ""),), 500)
+            for placement, place in PLACEMENTS.items():
+                messages = [{"role": "system", "content": place(settings.XIAOZHI_SYSTEM_PROMPT, text)},
+                            {"role": "user", "content": QUESTION}]
+                answer = "".join(llm.stream(messages, threading.Event())).strip()
+                rows.append({"name": name, "placement": placement, "answer": answer, **judge(answer, name)})
+    summary = {p: {"trials": len(mine := [r for r in rows if r["placement"] == p]),
+                   "recalled": sum(r["recalled"] for r in mine), "as_users_name": sum(r["as_users_name"] for r in mine)}
+               for p in PLACEMENTS}
     return {"summary": summary, "rows": rows}
 
 
@@ -154,15 +189,18 @@ async def e2e_part(base: str, trials: int, say) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--parts", default="text,e2e")
+    parser.add_argument("--parts", default="text,e2e", help="text, e2e and/or placements (comma-separated)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "memory_recall.json"))
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
     env = prepare_env("xiaozhi-memory-")
     report = {"machine": f"{os.cpu_count()} cores", "trials": args.trials, "question": QUESTION}
+    if "placements" in parts:
+        report["placements"] = placements_part(args.trials)
     if "text" in parts:
         report["text"] = text_part(args.trials)
+    if parts & {"text", "placements"}:
         from voice.providers import registry
 
         registry.reset_for_tests()  # free this process's SmolLM2 before the server loads its own
@@ -178,7 +216,7 @@ def main():
             process.terminate()
             process.wait(10)
     Path(args.output).write_text(json.dumps(report, indent=2))
-    for part in ("text", "e2e"):
+    for part in ("placements", "text", "e2e"):
         if part in report:
             print(part, json.dumps(report[part]["summary"]))
     print(f"written to {args.output}")
