@@ -118,11 +118,11 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         self._release_slot()
         if self.session:
             await self.session.close(f"socket closed ({code})")
-        if self.memory:
-            self.memory.close()  # the update is queued (voice.memory), never awaited here
             if self.counted:
                 self.counted = False
                 live_stats.gauge_add("connected_devices", -1)
+        if self.memory:
+            self.memory.close()  # the update is queued (voice.memory), never awaited here
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.info:
