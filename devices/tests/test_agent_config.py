@@ -15,7 +15,7 @@ def server_defaults(settings):
 def test_without_an_agent_the_session_uses_the_server_defaults():
     assert default_session_config() == {
         "system_prompt": "Server prompt", "voice": "", "asr_provider": "whisper",
-        "llm_provider": "smollm2", "tts_provider": "piper", "llm_model": "",
+        "llm_provider": "smollm2", "tts_provider": "piper", "llm_model": "", "memory_enabled": True,
     }
 
 
@@ -23,8 +23,15 @@ def test_blank_agent_fields_fall_back_to_the_server_defaults():
     agent = AgentConfig(name="Mixed", voice="zh_CN-huayan", tts_provider="edge", llm_model="gpt-4o-mini")
     assert agent.session_config() == {
         "system_prompt": "Server prompt", "voice": "zh_CN-huayan", "asr_provider": "whisper",
-        "llm_provider": "smollm2", "tts_provider": "edge", "llm_model": "gpt-4o-mini",
+        "llm_provider": "smollm2", "tts_provider": "edge", "llm_model": "gpt-4o-mini", "memory_enabled": True,
     }
+
+
+def test_the_agents_memory_switch_and_the_server_setting_decide_whether_a_session_keeps_one(settings):
+    assert AgentConfig(name="Kiosk", memory_enabled=False).session_config()["memory_enabled"] is False
+    settings.XIAOZHI_MEMORY_ENABLED = False
+    assert default_session_config()["memory_enabled"] is False
+    assert AgentConfig(name="Home").session_config()["memory_enabled"] is True
 
 
 def test_only_one_agent_is_the_default():
