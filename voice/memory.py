@@ -257,21 +257,28 @@ class MemoryUpdates:
         self._worker = loop.create_task(self._work(), name="memory-updates")
 
     async def _work(self) -> None:
+        retried: set[int] = set()  # devices retried since the last pause
         try:
             while self._pending:
-                _, job = self._pending.popitem(last=False)
+                device_pk, job = next(iter(self._pending.items()))
+                if device_pk in retried:  # every update left has been tried: wait before the next round
+                    retried.clear()
+                    await asyncio.sleep(self.retry_seconds)
+                    continue
+                del self._pending[device_pk]
                 self._running = job
                 outcome = await self._attempt(job)
                 self._running = None
-                if outcome == "retry":
-                    if time.monotonic() >= job.give_up_at:
-                        live_stats.incr("memory_updates_expired")
-                        log.warning("memory update of %s given up after %.0f s (XIAOZHI_MEMORY_DEFER_SECONDS): "
-                                    "the LLM stayed busy or failed; %d turns not remembered", job.device_id,
-                                    self.defer_seconds, len(job.dialogue))
-                    else:
-                        self._requeue(job)
-                        await asyncio.sleep(self.retry_seconds)
+                if outcome != "retry":
+                    continue
+                if time.monotonic() >= job.give_up_at:
+                    live_stats.incr("memory_updates_expired")
+                    log.warning("memory update of %s given up after %.0f s (XIAOZHI_MEMORY_DEFER_SECONDS): "
+                                "the LLM stayed busy or failed; %d turns not remembered", job.device_id,
+                                self.defer_seconds, len(job.dialogue))
+                else:
+                    self._requeue(job)
+                    retried.add(device_pk)
         except asyncio.CancelledError:
             left = len(self._pending) + (self._running is not None)
             if left:
@@ -279,26 +286,27 @@ class MemoryUpdates:
             raise
 
     def _requeue(self, job: MemoryJob) -> None:
-        newer = self._pending.pop(job.device_pk, None)  # dialogue that arrived while this one ran
+        """Back in line, behind the others (an update that needs no LLM is not held up by one that
+        waits for it), with any dialogue of the device that arrived while it ran."""
+        newer = self._pending.pop(job.device_pk, None)
         if newer is not None:
             job.dialogue = (job.dialogue + newer.dialogue)[-MAX_DIALOGUE_TURNS:]
             job.give_up_at = max(job.give_up_at, newer.give_up_at)
         self._pending[job.device_pk] = job
-        self._pending.move_to_end(job.device_pk, last=False)  # still the oldest: first when the LLM frees
 
     async def _attempt(self, job: MemoryJob) -> str:
         """"done", "retry" (busy LLM, a failure, a concurrent edit) or "dropped"."""
         from channels.db import database_sync_to_async
 
-        store = self._store()
         method = method_for(job.llm, self.method)
-        if method == "llm":
-            llm = self._llm_service()
-            busy = llm.occupancy()
-            if busy.get("active") or busy.get("queued"):
-                live_stats.incr("memory_updates_deferred")
-                return "retry"  # devices are waiting for replies: they come first
         try:
+            store = self._store()
+            if method == "llm":
+                llm = self._llm_service()
+                busy = llm.occupancy()
+                if busy.get("active") or busy.get("queued"):
+                    live_stats.incr("memory_updates_deferred")
+                    return "retry"  # devices are waiting for replies: they come first
             old = await database_sync_to_async(store.load)(job.device_pk)
             if old is None:
                 return "dropped"  # the device was deleted

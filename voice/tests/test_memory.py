@@ -330,3 +330,29 @@ async def test_a_refusal_by_the_llm_service_defers_rather_than_counts_as_a_failu
     assert await queue.drain(10)
     await device.arefresh_from_db()
     assert service.refusals == 2 and "Ana" in device.memory
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_update_that_needs_no_llm_is_not_held_up_by_one_waiting_for_it(summaries):
+    waiting = await Device.objects.acreate(device_id="aa:00:00:00:00:0c")
+    extracted = await Device.objects.acreate(device_id="aa:00:00:00:00:0d")
+    service = llm_service()
+    release = threading.Event()
+    reply = asyncio.ensure_future(service.run(release.wait))
+    while not service.occupancy()["active"]:
+        await asyncio.sleep(0.01)
+    queue = queue_for(service, method="auto")
+    queue.submit(job(waiting, llm="openai"))
+    queue.submit(job(extracted, llm="smollm2"))
+    for _ in range(200):
+        await extracted.arefresh_from_db()
+        if extracted.memory:
+            break
+        await asyncio.sleep(0.05)
+    assert extracted.memory == "The user's name is Ana. The user loves jazz."
+    assert queue.pending() == 1 and summaries.calls == []
+    release.set()
+    await reply
+    assert await queue.drain(10)
+    await waiting.arefresh_from_db()
+    assert "Ana" in waiting.memory
