@@ -100,7 +100,8 @@ def llm_service(max_concurrent=1):
 
 
 class SummaryProbe:
-    """Stands in for the ``summarize_memory`` operation's provider (fake LLM): records what it was given."""
+    """Replaces the ``summarize_memory`` operation, a speed-up that records what it was given (the
+    real operation runs against a fake OpenAI-compatible server in test_memory_sessions.py)."""
 
     def __init__(self, answer="The user's name is Ana. The user loves jazz."):
         self.answer = answer

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from devices.models import AgentConfig, Device, Turn
+from devices.models import AgentConfig, Device
 from voice import memory
 from voice.providers import registry
 
