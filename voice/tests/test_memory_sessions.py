@@ -164,3 +164,15 @@ async def test_an_agent_with_memory_off_neither_keeps_nor_tells_it(connect_devic
     assert await stored_memory(device_id) == "The user's name is Bob."
     assert summaries(remote_llm) == []
     assert "Bob" not in chats(remote_llm)[0]["messages"][0]["content"]
+
+
+async def test_a_long_session_updates_the_memory_every_n_turns_before_it_ends(connect_device, say, settings):
+    settings.XIAOZHI_MEMORY_EVERY_TURNS = 1
+    device_id = "aa:bb:cc:00:00:04"
+    device = await connect_device(device_id)
+    result = await device.turn(say(INTRODUCTION), mode="manual")
+    assert result.stopped
+    name = heard_name(result.stt)
+    assert f"The user's name is {name}." in await stored_memory(device_id)  # still connected
+    assert device.close_code is None
+    await device.close()
