@@ -93,8 +93,10 @@ async def connect_device(transactional_db):
 
     devices = []
 
-    async def connect(device_id=None, *, headers=None, hello=True, binary_version=1, token="", path="/xiaozhi/v1/"):
-        device = SimulatedDevice(device_id, binary_version=binary_version)
+    async def connect(device_id=None, *, client_id=None, headers=None, hello=True, binary_version=1, token="",
+                      path="/xiaozhi/v1/"):
+        """``client_id``: the same one again for a reconnect (a device is bound to its first Client-Id)."""
+        device = SimulatedDevice(device_id, client_id=client_id, binary_version=binary_version)
         device.token = token
         raw = headers if headers is not None else device.handshake_headers()
         communicator = WebsocketCommunicator(

@@ -7,10 +7,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from devices import device_commands, rate_limits, records
+from devices import device_commands, memory_records, rate_limits, records
 from devices.client_address import client_address
 from devices.device_commands import DeviceNotConnected
-from devices.forms import AgentConfigForm, AlertForm, BindActivationCodeForm, ToolCallForm
+from devices.forms import AgentConfigForm, AlertForm, BindActivationCodeForm, DeviceForm, ToolCallForm
 from devices.models import AgentConfig, Device, DeviceSession, Turn, VisionQuery
 
 
@@ -19,22 +19,24 @@ class AgentConfigAdmin(admin.ModelAdmin):
     form = AgentConfigForm
     list_display = (
         "name", "is_default", "voice", "asr_provider", "llm_provider", "tts_provider", "llm_model", "vllm_provider",
+        "memory_enabled",
         "updated_at",
     )
-    list_filter = ("is_default",)
+    list_filter = ("is_default", "memory_enabled")
     search_fields = ("name", "system_prompt")
 
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
+    form = DeviceForm
     list_display = ("device_id", "board", "firmware_version", "activated", "bound_client_id", "online", "last_seen",
                     "agent", "commands")
     list_filter = ("online", "activated", "agent")
     search_fields = ("device_id", "client_id", "board")
     list_select_related = ("agent",)
     readonly_fields = ("activation_code", "activation_code_expires_at", "bound_client_id", "bound_at", "online",
-                       "last_seen", "created_at", "recent_turns", "recent_photo_questions")
-    actions = ["mark_activated", "reset_binding", "send_alert", "reboot"]
+                       "last_seen", "created_at", "memory_updated_at", "recent_turns", "recent_photo_questions")
+    actions = ["mark_activated", "reset_binding", "send_alert", "reboot", "clear_memory"]
 
     @admin.display(description="Recent turns (ms after end of speech)")
     def recent_turns(self, obj):
@@ -185,6 +187,18 @@ class DeviceAdmin(admin.ModelAdmin):
             "bulk_action": bulk_action, "intro": intro, "tools": tools, "result": result, "problem": problem,
         }
         return TemplateResponse(request, "admin/devices/device/command.html", context)
+
+    def save_model(self, request, obj, form, change):
+        if "memory" in form.changed_data:
+            from django.utils import timezone
+
+            obj.memory_updated_at = timezone.now()
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Clear the memory of selected devices", permissions=["change"])
+    def clear_memory(self, request, queryset):
+        count = memory_records.clear_memory(queryset)
+        self.message_user(request, f"Memory of {count} device(s) cleared.", messages.SUCCESS)
 
     def get_urls(self):
         view = self.admin_site.admin_view

@@ -21,7 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from devices import device_commands, rate_limits, records
 from devices.connection_limits import address_slots, slots
 from devices.device_commands import device_group
-from voice import live_stats
+from voice import live_stats, memory
 from voice.conf import performance_config
 from voice.protocol import CloseCode, negotiate_binary_version
 from voice.session import SessionConfig, VoiceSession
@@ -37,6 +37,7 @@ class DeviceConsumer(AsyncWebsocketConsumer):
     counted = False  # whether this connection is in the connected_devices gauge
     holds_slot = False  # whether this connection counts against server.max_connections
     holds_address_slot = False  # whether it counts against server.max_connections_per_address
+    memory: memory.SessionMemory | None = None  # when the agent keeps a memory of the device's user
 
     async def connect(self):
         arrived = time.monotonic()
@@ -98,6 +99,11 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         )
         if agent.get("system_prompt"):
             config.system_prompt = agent["system_prompt"]
+        config.system_prompt = memory.prompt_with_memory(config.system_prompt, self.info.memory)
+        if agent.get("memory_enabled"):
+            self.memory = memory.SessionMemory.from_settings(
+                device_pk=self.info.device_pk, device_id=identity.device_id, llm=agent["llm_provider"],
+                llm_model=agent.get("llm_model") or None)
         # server.connection_timeout counts from the socket's arrival: registration time is part of it.
         config.hello_timeout = max(0.1, config.hello_timeout - (time.monotonic() - arrived))
         self.session = VoiceSession(self, config, on_turn=self._record_turn)
@@ -135,6 +141,8 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             if self.counted:
                 self.counted = False
                 live_stats.gauge_add("connected_devices", -1)
+        if self.memory:
+            self.memory.close()  # the update is queued (voice.memory), never awaited here
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.info:
@@ -171,4 +179,6 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             await super().close(code=None if code is None else int(code), reason=reason)
 
     async def _record_turn(self, record) -> None:
+        if self.memory:
+            self.memory.observe(record.user_text, record.reply_text)
         await database_sync_to_async(records.record_turn)(self.info.device_pk, self.info.session_pk, record.as_row())

@@ -1,6 +1,7 @@
 from django import forms
+from django.core.validators import MaxLengthValidator
 
-from devices.models import AgentConfig
+from devices.models import AgentConfig, Device
 
 
 class BindActivationCodeForm(forms.Form):
@@ -85,3 +86,22 @@ class ToolCallForm(forms.Form):
             return parse_arguments(self.cleaned_data.get("arguments", ""))
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from None
+
+
+class DeviceForm(forms.ModelForm):
+    """The device page: its memory may be edited, within the bound the server keeps it to."""
+
+    class Meta:
+        model = Device
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        from django.conf import settings
+
+        super().__init__(*args, **kwargs)
+        if "memory" in self.fields:
+            limit = settings.XIAOZHI_MEMORY_MAX_CHARS
+            self.fields["memory"].max_length = limit
+            self.fields["memory"].validators.append(MaxLengthValidator(limit))
+            self.fields["memory"].widget.attrs.update(maxlength=str(limit), rows=4)
+            self.fields["memory"].help_text += f" At most {limit} characters (XIAOZHI_MEMORY_MAX_CHARS)."

@@ -46,6 +46,7 @@ def default_session_config(agent: AgentConfig | None = None) -> dict:
         "vllm_provider": registry.resolve("vllm", agent and agent.vllm_provider),
         "vllm_model": (agent and agent.vllm_model) or settings.XIAOZHI_VLLM_MODEL,
         "wake_greeting": (agent and agent.wake_greeting) or "",
+        "memory_enabled": agent.memory_enabled if agent else settings.XIAOZHI_MEMORY_ENABLED,
     }
 
 
@@ -71,6 +72,9 @@ class AgentConfig(models.Model):
         help_text="Said when the device hears its wake word, e.g. \"Yes?\" (synthesised once, then replayed); "
                   "blank = no greeting.")
     is_default = models.BooleanField(default=False, help_text="Used by devices that have no agent of their own.")
+    memory_enabled = models.BooleanField(
+        default=True, help_text="Keep a short memory of what the user says about themselves (per device, shown on "
+        "the device page) and give it to the next session. Turn off for shared or public devices.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -107,6 +111,11 @@ class Device(models.Model):
     online = models.BooleanField(default=False, db_index=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Bounded by XIAOZHI_MEMORY_MAX_CHARS where it is written (voice/memory.py, the admin form).
+    memory = models.TextField(
+        blank=True, help_text="What the user said about themselves, given to the next session's system prompt "
+        "(kept by the server when the agent's memory is on; edit or clear it here).")
+    memory_updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["device_id"]

@@ -35,6 +35,7 @@ class ConnectionInfo:
     activated: bool
     activation_code: str | None
     agent: dict
+    memory: str = ""  # the device's memory when its agent keeps one (voice/memory.py)
 
 
 def _clip(value, model, field: str) -> str:
@@ -173,7 +174,8 @@ def register_connection(identity: DeviceIdentity, protocol_version: int) -> Conn
         session_id=str(session.session_id),
         activated=activated,
         activation_code=None if activated else ensure_activation_code(device),
-        agent=agent_config_for(device),
+        agent=(agent := agent_config_for(device)),
+        memory=device.memory if agent.get("memory_enabled") else "",
     )
 
 

@@ -144,3 +144,17 @@ def refuse_insecure_start() -> None:
     errors = check_device_security()
     if errors:
         raise ImproperlyConfigured("; ".join(f"{e.id}: {e.msg} (hint: {e.hint})" for e in errors))
+
+
+@register()
+def check_memory_method(app_configs=None, **kwargs):
+    """Per-device memory summarised by the bundled SmolLM2 is noise (benchmarks/README.md, "Memory"):
+    say so when the setting asks for it."""
+    from voice import memory
+
+    llm = registry.resolve("llm")
+    if settings.XIAOZHI_MEMORY_ENABLED and llm in memory.EXTRACTING_LLMS and settings.XIAOZHI_MEMORY_METHOD == "llm":
+        return [Warning(f"XIAOZHI_MEMORY_METHOD=llm with XIAOZHI_LLM_PROVIDER={llm}: this model's memory summaries "
+                        "lose the user's name and add invented facts",
+                        hint="Leave XIAOZHI_MEMORY_METHOD at auto (extraction for this model)", id="voice.W101")]
+    return []

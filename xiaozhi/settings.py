@@ -247,6 +247,20 @@ XIAOZHI_SYSTEM_PROMPT = env_str(
     "XIAOZHI_SYSTEM_PROMPT",
     "You are a helpful voice assistant. Answer the question directly and correctly, in one short sentence.",
 )
+# Per-device memory (voice/memory.py): what the user said about themselves, kept between sessions and
+# carried by the next session's system prompt. On for devices without an agent config (each agent has
+# its own switch); bounded to XIAOZHI_MEMORY_MAX_CHARS; updated at a session's end and every
+# XIAOZHI_MEMORY_EVERY_TURNS turns (0: at the end only). "auto" extracts the user's self-statements
+# for the bundled SmolLM2 (too small to summarise, see benchmarks/README.md) and asks any other LLM.
+XIAOZHI_MEMORY_ENABLED = env_bool("XIAOZHI_MEMORY_ENABLED", True)
+XIAOZHI_MEMORY_MAX_CHARS = env_int("XIAOZHI_MEMORY_MAX_CHARS", 500, 50, 4000)
+XIAOZHI_MEMORY_EVERY_TURNS = env_int("XIAOZHI_MEMORY_EVERY_TURNS", 10, 0, 1000)
+XIAOZHI_MEMORY_METHOD = env_str("XIAOZHI_MEMORY_METHOD", "auto")
+if XIAOZHI_MEMORY_METHOD not in ("auto", "llm", "extract"):
+    raise ImproperlyConfigured(f"XIAOZHI_MEMORY_METHOD must be auto, llm or extract, got {XIAOZHI_MEMORY_METHOD!r}")
+# Devices waiting for an update in one process, and how long an update may wait for an idle LLM.
+XIAOZHI_MEMORY_QUEUE_SIZE = env_int("XIAOZHI_MEMORY_QUEUE_SIZE", 200, 1, 100000)
+XIAOZHI_MEMORY_DEFER_SECONDS = env_float("XIAOZHI_MEMORY_DEFER_SECONDS", 600.0, 1.0)
 
 # --- Tools (voice/tools, voice/mcp) -------------------------------------------------------------------
 # Offer tools to the LLM: the device's (over MCP, for devices whose hello has features.mcp) and the server's.

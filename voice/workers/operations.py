@@ -117,3 +117,17 @@ def prefill_tools(llm_name: str, tools: list[dict]) -> None:
     fn = getattr(registry.get_llm(llm_name), "prefill_tools", None)
     if fn is not None and tools:
         fn(tools)
+
+
+@operation("summarize_memory")
+def summarize_memory(llm_name: str, old_memory: str, dialogue: list[list[str]], max_chars: int,
+                     model: str | None = None) -> str:
+    """A device's memory rewritten with what the user said about themselves in ``dialogue``
+    ((user, assistant) pairs), at most ``max_chars`` (``voice.memory``)."""
+    from voice import memory
+
+    llm = registry.get_llm(llm_name)
+    messages = memory.summary_messages(old_memory, dialogue, max_chars)
+    cancel = threading.Event()
+    parts = llm.stream(messages, cancel, model=model) if model else llm.stream(messages, cancel)
+    return memory.clean_summary("".join(parts), old_memory, max_chars)
