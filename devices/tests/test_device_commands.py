@@ -6,13 +6,10 @@ sharing Redis, the admin request running here."""
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from channels.db import database_sync_to_async
@@ -207,59 +204,29 @@ async def test_a_device_that_is_not_connected_gets_a_clear_message(staff):
 
 
 # -- across processes: a real server process and this one share Redis ---------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(tmp_path_factory, name: str):
-    """``python -m xiaozhi.server`` with the scripted fake models (and this run's Redis, if set), with
-    its own migrated database and an administrator; yields its base URL."""
-    env = dict(os.environ, XIAOZHI_PRELOAD_MODELS="false", XIAOZHI_WORKER_BACKEND="local",
-               XIAOZHI_ASR_PROVIDER="fake", XIAOZHI_LLM_PROVIDER="fake", XIAOZHI_TTS_PROVIDER="fake",
-               XIAOZHI_RATE_LIMIT_EXEMPT="127.0.0.1", XIAOZHI_MONITORING_SCHEDULER="off")
-    if not env.get("DATABASE_URL"):
-        env["SQLITE_PATH"] = str(tmp_path_factory.mktemp(name) / "db.sqlite3")
-    env.setdefault("XIAOZHI_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    subprocess.run([sys.executable, "manage.py", "shell", "-c",
-                    "from django.contrib.auth.models import User\n"
-                    f"User.objects.filter(username='admin').exists() or "
-                    f"User.objects.create_superuser('admin', 'admin@example.com', '{ADMIN_PASSWORD}')"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("logs") / "server.log"
-    log = open(log_path, "w+")
-    process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited early:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("the server did not start in time")
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(10)
-    log.close()
+def started(start_server, name: str):
+    """``python -m xiaozhi.server`` with the scripted fake models (and this run's Redis, if set) and an
+    administrator; yields its host:port."""
+    env = dict(XIAOZHI_PRELOAD_MODELS="false", XIAOZHI_WORKER_BACKEND="local", XIAOZHI_ASR_PROVIDER="fake",
+               XIAOZHI_LLM_PROVIDER="fake", XIAOZHI_TTS_PROVIDER="fake", XIAOZHI_RATE_LIMIT_EXEMPT="127.0.0.1",
+               XIAOZHI_MONITORING_SCHEDULER="off")
+    with start_server(name, startup_timeout=120, **env) as running:
+        subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                        "from django.contrib.auth.models import User\n"
+                        f"User.objects.filter(username='admin').exists() or "
+                        f"User.objects.create_superuser('admin', 'admin@example.com', '{ADMIN_PASSWORD}')"],
+                       cwd=ROOT, env=running.env, check=True, capture_output=True)
+        yield running.host
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(start_server):
     """The server process, on the Redis this process uses too."""
     from django.conf import settings
 
     if not settings.REDIS_URL:
         pytest.skip("needs REDIS_URL (the channel layer the processes share; CI always sets it)")
-    yield from start_server(tmp_path_factory, "commands")
+    yield from started(start_server, "commands")
 
 
 @pytest.fixture
@@ -319,9 +286,9 @@ async def test_across_processes_a_disconnected_device_is_reported(remote_device,
 
 # -- in a real browser, against the server process ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def browser_server(tmp_path_factory):
+def browser_server(start_server):
     """The server process on its own (admin and device in the same process: no Redis needed)."""
-    yield from start_server(tmp_path_factory, "browser")
+    yield from started(start_server, "browser")
 
 
 @pytest.mark.e2e

@@ -5,10 +5,6 @@ OpenAI-compatible vision server (the remote boundary), and ten devices at once a
 import asyncio
 import os
 import sqlite3
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,22 +13,14 @@ from devices.vision import issue_vision_token, vision_capability
 from devices.vision_views import BUSY
 from loadtest.camera import NO_VISION, Camera, PhotoRefused, photo_jpeg, upload_photo
 from loadtest.fake_vision import FakeVisionServer, answer_for
+from loadtest.server import ServerDidNotStart, server_process
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "vision-e2e-secret"
 MONITORING = "vision-e2e-monitoring-token"
 MAX_CONCURRENT, QUEUE_SIZE, MAX_IMAGE = 2, 3, 100_000
 JPEG = photo_jpeg()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,30 +43,11 @@ def server(tmp_path_factory, fake_vision):
                XIAOZHI_VISION_MAX_IMAGE_BYTES=str(MAX_IMAGE),
                XIAOZHI_PERF__SERVICES__VLLM__MAX_CONCURRENT=str(MAX_CONCURRENT),
                XIAOZHI_PERF__SERVICES__VLLM__QUEUE_SIZE=str(QUEUE_SIZE))
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("logs") / "daphne.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"the server exited early:\n{log.read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("the server did not start in time")
-    yield {"url": base, "db": db}
-    process.terminate()
-    process.wait(10)
-    log.close()
+    try:
+        with server_process(env, tmp_path_factory.mktemp("logs") / "server.log", startup_timeout=60) as running:
+            yield {"url": running.base, "db": db}
+    except ServerDidNotStart as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(autouse=True)
