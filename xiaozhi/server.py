@@ -212,6 +212,9 @@ class LimitedServer(daphne.server.Server):
     def run(self):
         # Server.run builds its HTTP factory by this module-level name; ours is a drop-in subclass.
         daphne.server.HTTPFactory = LimitedHTTPFactory
+        from devices import session_owner  # the application (and so Django) is loaded by now
+
+        session_owner.start()  # close the rows a dead predecessor left open, then heartbeat our own
         super().run()
 
     def create_application(self, protocol, scope):
