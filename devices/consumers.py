@@ -31,6 +31,7 @@ import time
 from functools import partial
 
 from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -92,6 +93,16 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         finally:
             await self._release_all(ended)
 
+    async def dispatch(self, message):
+        """Channels' dispatch without its per-message ``aclose_old_connections``: that is a hop through
+        the one database thread for every audio frame (a socket flooding frames then took seconds to
+        see its own disconnect). Our database calls go through ``database_sync_to_async``, which
+        closes old connections around each call itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
     async def _layer_receive(self):
         """The next channel-layer message; while the layer fails, retried with backoff (the device
         keeps talking meanwhile), and the device's group re-joined once it answers again."""
@@ -101,10 +112,13 @@ class DeviceConsumer(AsyncWebsocketConsumer):
                 if self.group and not self.in_group and not self.closed:
                     await self.channel_layer.group_add(self.group, self.channel_name)
                     self.in_group = True
+                    layer_outage.ok()
                 message = await self.channel_layer.receive(self.channel_name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of the layer is an outage to ride out
+                # A restarted Redis may have lost the group (it keeps no data here): join it again.
+                self.in_group = False
                 layer_outage.failed(exc, "receive")
                 await asyncio.sleep(delay)
                 delay = min(LAYER_RETRY_MAX, delay * 2)

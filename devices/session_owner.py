@@ -109,13 +109,9 @@ def close_orphaned_sessions(period: float, now=None) -> int:
     stale = now - timedelta(seconds=STALE_PERIODS * period)
     open_rows = DeviceSession.objects.filter(ended_at__isnull=True)
     orphans: dict[int, str] = {}
-    for pk in open_rows.filter(heartbeat_at__lt=stale).values_list("pk", flat=True):
-        orphans[pk] = HEARTBEAT_LOST
-    for pk in open_rows.filter(heartbeat_at__isnull=True, started_at__lt=stale).values_list("pk", flat=True):
-        orphans[pk] = HEARTBEAT_LOST  # rows from before owners were recorded
     held_now = held()
-    owners = (open_rows.filter(server_host=me.host).exclude(pk__in=orphans)
-              .values_list("pk", "server_pid", "server_started_at", "heartbeat_at"))
+    # This host's rows first: a dead owner is known for certain, whatever its heartbeat's age.
+    owners = open_rows.filter(server_host=me.host).values_list("pk", "server_pid", "server_started_at", "heartbeat_at")
     for pk, pid, started_at, beat in owners:
         if pid == me.pid and abs((started_at or 0) - me.started_at) <= START_TIME_SLACK:
             # Our own row: orphaned only if we no longer hold its socket and it was not just opened.
@@ -123,6 +119,11 @@ def close_orphaned_sessions(period: float, now=None) -> int:
                 orphans[pk] = "socket released without its close written"
         elif not _alive(pid, started_at):
             orphans[pk] = f"server process {pid} gone"
+    others = open_rows.exclude(server_host=me.host)
+    for pk in others.filter(heartbeat_at__lt=stale).values_list("pk", flat=True):
+        orphans[pk] = HEARTBEAT_LOST
+    for pk in open_rows.filter(heartbeat_at__isnull=True, started_at__lt=stale).values_list("pk", flat=True):
+        orphans.setdefault(pk, HEARTBEAT_LOST)  # rows from before owners were recorded
     closed = 0
     for reason in set(orphans.values()):
         pks = [pk for pk, why in orphans.items() if why == reason]
