@@ -222,7 +222,8 @@ async def test_junk_floods_then_resets_leave_no_slot_gauge_or_row_behind(server,
 
 async def test_a_redis_blip_while_devices_talk_keeps_their_conversations(server, stores):
     """Redis killed while 3 devices are mid-answer: each answer finishes (tts stop) and the sockets stay
-    open; when Redis returns the service is whole again (a newer socket of a device takes over)."""
+    open, a new device is served meanwhile; when Redis returns the service is whole again (a newer
+    socket of a device takes over the older one)."""
     redis, mariadb = stores
     talking = [await device(server, i) for i in range(3)]
     starts = [await start_turn(d) for d in talking]
@@ -234,6 +235,10 @@ async def test_a_redis_blip_while_devices_talk_keeps_their_conversations(server,
         await d.wait_for(lambda e: tts("stop")(e) or e.kind == "closed", FAULT_GRACE - (time.monotonic() - fault), since=since)
         assert d.close_code is None, f"closed with {d.close_code} during a Redis outage"
     await talk(talking[0])  # and they keep talking while Redis is away
+    newcomer = await device(server, 9)  # a device arriving meanwhile is served too
+    assert newcomer.server_hello is not None, f"refused with {newcomer.close_code} while Redis is away"
+    await talk(newcomer)
+    talking.append(newcomer)
     redis.start()
     returned = time.monotonic()
 
