@@ -170,7 +170,14 @@ class DeviceConsumer(AsyncWebsocketConsumer):
 
     async def _start_session(self, identity, arrived: float) -> None:
         version = negotiate_binary_version(identity.protocol_version_header, None)
-        self.info = await database_sync_to_async(records.register_connection)(identity, version)
+        # Bounded by the hello deadline: a frozen database must not hold the device without an answer.
+        # (A registration finishing after the timeout leaves a row nobody holds: the sweep closes it.)
+        budget = max(0.1, performance_config().server.connection_timeout - (time.monotonic() - arrived))
+        try:
+            self.info = await asyncio.wait_for(
+                database_sync_to_async(records.register_connection)(identity, version), budget)
+        except TimeoutError:
+            raise db.OperationalError(f"registering the connection took over {budget:.1f} s") from None
         database_outage.ok()
         session_owner.hold(self.info.session_pk)
         # One live session per device: tell older connections of this device to close. Best effort:

@@ -21,7 +21,7 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from channels.db import database_sync_to_async
@@ -43,6 +43,16 @@ class PendingWrite:
     kind: str  # TURN or SESSION_CLOSE
     run: Callable[[], object]  # a synchronous ORM call
     what: str  # for the log: which device, which session
+    done: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def once(self) -> None:
+        """Run unless already written. A cancelled caller's call may still be running in the database
+        thread when the buffer retries it: the retry waits for it and writes no second turn record."""
+        with self._lock:
+            if not self.done:
+                self.run()
+                self.done = True
 
 
 class PendingWrites:
@@ -67,7 +77,7 @@ class PendingWrites:
     async def write(self, item: PendingWrite) -> bool:
         """Write now; on a database error or a cancellation, leave it to the buffer. True if written now."""
         try:
-            await database_sync_to_async(item.run)()
+            await database_sync_to_async(item.once)()
         except asyncio.CancelledError:
             self.submit(item)
             raise
@@ -117,7 +127,7 @@ class PendingWrites:
                 item = self._items[0]
             db.close_old_connections()  # a connection broken by the outage is replaced, not reused
             try:
-                item.run()
+                item.once()
             except TRANSIENT as exc:
                 database_outage.failed(exc, f"retrying a {item.kind}")
                 live_stats.incr("database_writes_retried")

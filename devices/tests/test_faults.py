@@ -133,11 +133,11 @@ async def eventually(check, timeout: float, what: str):
     pytest.fail(f"{what} not within {timeout} s (last: {last!r})")
 
 
-async def device(server, n: int, prefix: str = "02:fa") -> SimulatedDevice:
+async def device(server, n: int, prefix: str = "02:fa", hello_timeout: float = 10) -> SimulatedDevice:
     """A device connected with its hello sent (``server_hello`` None if it was refused instead)."""
     d = SimulatedDevice(device_id=f"{prefix}:00:00:{n // 256:02x}:{n % 256:02x}", client_id=f"fault-{prefix}-{n}")
     try:
-        await d.connect(server.ws_url)
+        await d.connect(server.ws_url, hello_timeout=hello_timeout)
     except websockets.ConnectionClosed:  # closed before the hello could be sent: the reader saw the code
         pass
     return d
@@ -320,6 +320,39 @@ async def test_mysql_down_keeps_conversations_and_writes_their_turns_when_it_ret
     assert server.log().count("the database unreachable") == warnings_before + 1
     await close_all(connected)
     await assert_exact(server, mariadb)
+
+
+async def test_a_frozen_mysql_stops_no_conversation_and_leaks_nothing(server, stores):
+    """MariaDB frozen (SIGSTOP: queries hang, nothing fails at once): the devices connected keep
+    talking, a new one is closed with 4502 by its hello deadline, and once MariaDB thaws the turn
+    records and the closes of the devices that left are written, and service resumes within 10 s."""
+    _, mariadb = stores
+    turns_before = query(mariadb, "SELECT COUNT(*) FROM devices_turn")[0][0]
+    connected = [await device(server, i, "02:f1") for i in range(2)]
+    os.kill(mariadb.process.pid, signal.SIGSTOP)
+    try:
+        await asyncio.gather(*(talk(d) for d in connected))
+        # Refused by the hello deadline (server.connection_timeout, 10 s), so waited for a little longer.
+        refused = await device(server, 50, "02:f1", hello_timeout=15)
+        assert refused.server_hello is None and await refused.wait_closed(15) == CloseCode.STORAGE_UNAVAILABLE
+        await close_all(connected)
+        await eventually(lambda: connected_gauge(server) == 0, FAULT_GRACE, "connected_devices back to 0")
+    finally:
+        os.kill(mariadb.process.pid, signal.SIGCONT)
+    thawed = time.monotonic()
+
+    async def admitted():
+        d = await device(server, 51, "02:f1")
+        await d.close()
+        return d.server_hello is not None
+
+    await eventually(admitted, RESUME_WITHIN + 5, "a new device admitted after MySQL thawed")
+    assert time.monotonic() - thawed < RESUME_WITHIN + 5
+    await eventually(lambda: query(mariadb, "SELECT COUNT(*) FROM devices_turn")[0][0] == turns_before + 2,
+                     RESUME_WITHIN, "the 2 turn records written")
+    await asyncio.sleep(1)  # and no second copy of either a moment later
+    assert query(mariadb, "SELECT COUNT(*) FROM devices_turn")[0][0] == turns_before + 2
+    await assert_exact(server, mariadb, drain=RESUME_WITHIN)
 
 
 async def test_a_killed_server_leaves_no_session_open_after_its_restart(server, stores):
