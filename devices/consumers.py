@@ -253,16 +253,21 @@ class DeviceConsumer(AsyncWebsocketConsumer):
                                      f"session {self.info.session_id} of {self.info.device_pk}")
             if not wait:
                 pending.submit(close_row)
-        if self.session and not self.session.closed:
-            await self.session.close(f"socket {reason}")  # cancels its tasks before its first await
+        try:
+            if self.session and not self.session.closed:
+                await self.session.close(f"socket {reason}")  # cancels its tasks before its first await
+            if close_row is not None and wait:
+                written, close_row = close_row, None
+                await pending.write(written)  # a database error or a cancellation leaves it to the buffer
+        finally:
+            if close_row is not None and wait:  # cancelled before the row's turn came
+                pending.submit(close_row)
         if self.group and self.in_group:
             self.in_group = False
             try:
                 await self.channel_layer.group_discard(self.group, self.channel_name)
             except Exception as exc:  # noqa: BLE001 - the group entry expires by itself
                 layer_outage.failed(exc, "leaving the device's group")
-        if close_row is not None and wait:
-            await pending.write(close_row)
 
     async def device_takeover(self, event):
         if event["channel"] != self.channel_name and not self.closed:

@@ -286,6 +286,9 @@ async def test_a_hung_redis_leaks_nothing_when_daphne_kills_the_consumer(server,
         await eventually(lambda: open_rows(mariadb) == 0, 15 + FAULT_GRACE, "the rows closed (after Daphne's kill)")
     finally:
         os.kill(redis.process.pid, signal.SIGCONT)
+    sessions = [d.server_hello.session_id.replace("-", "") for d in connected]
+    reasons = query(mariadb, "SELECT close_reason FROM devices_devicesession WHERE session_id IN (%s, %s, %s)", *sessions)
+    assert sorted(r for (r,) in reasons) == ["closed 1000"] * 3  # by their consumers, not by the heartbeat sweep
     await assert_exact(server, mariadb)
 
 
