@@ -9,6 +9,9 @@ from django import db
 from devices.pending_writes import SESSION_CLOSE, TURN, PendingWrite, PendingWrites
 from voice import live_stats
 
+# The writes below touch no table, but database_sync_to_async closes stale connections around each call.
+pytestmark = pytest.mark.django_db
+
 
 def wait_until(check, timeout=20.0):
     deadline = time.monotonic() + timeout
