@@ -85,6 +85,10 @@ class PendingWrites:
             database_outage.failed(exc, item.kind)
             self.submit(item)
             return False
+        except Exception:  # noqa: BLE001 - refused for good (e.g. its device was deleted): said once, here
+            live_stats.incr("database_writes_failed")
+            log.exception("a %s (%s) was refused by the database and is dropped", item.kind, item.what)
+            return False
         database_outage.ok()
         return True
 

@@ -86,3 +86,15 @@ def test_when_full_the_oldest_turn_record_is_dropped_never_a_session_close():
     assert live_stats.snapshot()["counters"]["database_writes_dropped"] == 1
     database.failures = 0  # the database returns: the writer thread drains and goes idle
     wait_until(lambda: database.written == ["close", "turn 2", "turn 3"])
+
+
+async def test_a_write_the_database_refuses_for_good_is_logged_and_dropped_not_retried(caplog):
+    live_stats.clear()
+    writes = PendingWrites(capacity=10)
+
+    def refused():
+        raise db.IntegrityError(1452, "Cannot add or update a child row: a foreign key constraint fails")
+
+    assert not await writes.write(PendingWrite(TURN, refused, "turn of a deleted device"))
+    assert len(writes) == 0 and live_stats.snapshot()["counters"]["database_writes_failed"] == 1
+    assert "turn of a deleted device" in caplog.text
