@@ -10,7 +10,9 @@ every ``database.session_heartbeat`` seconds for the sockets it still holds. The
 - rows of this very process whose socket it no longer holds (a close lost in an outage).
 
 Then devices left without an open session are marked offline. The sweep and the heartbeat run on a
-daemon thread started with the server (xiaozhi/asgi.py); a database outage only delays them.
+daemon thread started by the server entry point (``python -m xiaozhi.server``, xiaozhi/server.py; a bare
+``daphne`` runs none, and its rows would be closed by a sweeping server after 3 periods); a database
+outage only delays them.
 """
 from __future__ import annotations
 
