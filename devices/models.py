@@ -134,6 +134,12 @@ class DeviceSession(models.Model):
     remote_addr = models.CharField(max_length=64, blank=True)
     protocol_version = models.PositiveSmallIntegerField(default=1)
     close_reason = models.CharField(max_length=200, blank=True)
+    # The server process holding the socket (devices/session_owner.py): a row whose owner died is closed
+    # at the next start on its host, or once its heartbeat is older than 3 periods (any host).
+    server_host = models.CharField(max_length=255, blank=True)
+    server_pid = models.PositiveIntegerField(null=True, blank=True)
+    server_started_at = models.FloatField(null=True, blank=True, help_text="The owner process's start (epoch s).")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from devices.auth import DeviceIdentity
+from devices import session_owner
 from devices.models import AgentConfig, Device, DeviceSession, Turn, VisionQuery, default_session_config
 from voice.pipeline.turn_row import TurnRow
 
@@ -162,6 +163,8 @@ def register_connection(identity: DeviceIdentity, protocol_version: int) -> Conn
         session_id=uuid.uuid4(),
         remote_addr=_clip(identity.remote_addr, DeviceSession, "remote_addr"),
         protocol_version=protocol_version,
+        heartbeat_at=timezone.now(),
+        **session_owner.this_process().fields(),
     )
     device.client_id = _clip(identity.client_id, Device, "client_id")
     device.online = True

@@ -54,7 +54,8 @@ SECTIONS = {
                "max_queued_frames": Key(int, 1), "max_queued_bytes": Key(int, 1024),
                "max_connections_per_address": Key(int, 1)},
     **{f"services.{name}": SERVICE_KEYS for name in SERVICES},
-    "database": {"conn_max_age": Key(int, 0), "conn_health_checks": Key(bool), "connect_timeout": Key(int, 1)},
+    "database": {"conn_max_age": Key(int, 0), "conn_health_checks": Key(bool), "connect_timeout": Key(int, 1),
+                 "query_timeout": Key(int, 1), "pending_writes": Key(int, 1), "session_heartbeat": Key(float, 1)},
     "redis": {
         "max_connections": Key(int, 1),
         "socket_connect_timeout": Key(float, 0.1),
@@ -274,6 +275,9 @@ class DatabasePool:
     conn_max_age: int
     conn_health_checks: bool
     connect_timeout: int
+    query_timeout: int  # seconds mysqlclient waits on a read or a write (it retries a read twice more)
+    pending_writes: int  # records kept for a retry while the database is unreachable (devices/pending_writes.py)
+    session_heartbeat: float  # seconds between a process's heartbeats on its session rows (devices/session_owner.py)
 
 
 @dataclass(frozen=True)

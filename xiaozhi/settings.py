@@ -129,7 +129,8 @@ DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL, PERFORMANCE.database.conn_max_age,
                                               PERFORMANCE.database.conn_health_checks,
-                                              PERFORMANCE.database.connect_timeout)}
+                                              PERFORMANCE.database.connect_timeout,
+                                              PERFORMANCE.database.query_timeout)}
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
