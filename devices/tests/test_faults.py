@@ -29,7 +29,7 @@ import numpy as np
 from loadtest.simulated_device import SimulatedDevice
 from voice.audio.opus import OpusEncoder
 from voice.protocol import CloseCode, Tts
-from xiaozhi.tests.processes import PrivateMariaDB, PrivateRedis, ServerProcess
+from xiaozhi.tests.processes import PrivateMariaDB, PrivateRedis, RestartableServer
 
 pytestmark = [pytest.mark.e2e]
 
@@ -55,7 +55,7 @@ def stores(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(stores, tmp_path_factory):
     redis, mariadb = stores
-    running = ServerProcess(tmp_path_factory.mktemp("server"), database_url=mariadb.url, redis_url=redis.url, env={
+    running = RestartableServer(tmp_path_factory.mktemp("server"), database_url=mariadb.url, redis_url=redis.url, env={
         "XIAOZHI_PERF__SERVER__MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "XIAOZHI_PERF__DATABASE__SESSION_HEARTBEAT": "1",
         "XIAOZHI_PERF__DATABASE__CONNECT_TIMEOUT": "2",

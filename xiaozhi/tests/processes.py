@@ -18,14 +18,10 @@ from pathlib import Path
 
 import httpx
 
+from loadtest.server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_MODELS = {"XIAOZHI_ASR_PROVIDER": "fake", "XIAOZHI_LLM_PROVIDER": "fake", "XIAOZHI_TTS_PROVIDER": "fake"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30) -> None:
@@ -105,8 +101,10 @@ class PrivateMariaDB:
         self.process = None
 
 
-class ServerProcess:
-    """``python -m xiaozhi.server`` with the fake models, on the given storage (SQLite by default)."""
+class RestartableServer:
+    """``python -m xiaozhi.server`` with the fake models, on the given storage (SQLite by default),
+    that a fault test can stop, kill and start again on the same port (``loadtest.server.server_process``
+    is the one-shot form the other tests use)."""
 
     def __init__(self, workdir: Path, env: dict | None = None, database_url: str = "", redis_url: str = ""):
         self.workdir = workdir
