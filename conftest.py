@@ -93,8 +93,10 @@ async def connect_device(transactional_db):
 
     devices = []
 
-    async def connect(device_id=None, *, headers=None, hello=True, binary_version=1, token="", path="/xiaozhi/v1/"):
-        device = SimulatedDevice(device_id, binary_version=binary_version)
+    async def connect(device_id=None, *, client_id=None, headers=None, hello=True, binary_version=1, token="",
+                      path="/xiaozhi/v1/"):
+        """``client_id``: the same one again for a reconnect (a device is bound to its first Client-Id)."""
+        device = SimulatedDevice(device_id, client_id=client_id, binary_version=binary_version)
         device.token = token
         raw = headers if headers is not None else device.handshake_headers()
         communicator = WebsocketCommunicator(
@@ -113,6 +115,32 @@ async def connect_device(transactional_db):
                 await device.close()
         except Exception:  # noqa: BLE001 - already closed by the test or by the server
             pass
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory):
+    """``with start_server("name", XIAOZHI_X="1", ...) as server:`` the production server process
+    (``loadtest.server.server_process``) with this run's environment (its DATABASE_URL and REDIS_URL
+    if set, else a SQLite file of its own), a data folder of its own and the given overrides;
+    ``server.base``, ``.host``, ``.ws_url``, ``.pid``, ``.rss()``, ``.log_tail()``."""
+    import contextlib
+
+    from loadtest.server import ServerDidNotStart, server_process
+
+    @contextlib.contextmanager
+    def start(name: str, *, startup_timeout: float = 180, **overrides):
+        env = dict(os.environ)
+        if not env.get("DATABASE_URL"):
+            env["SQLITE_PATH"] = str(tmp_path_factory.mktemp(name) / "db.sqlite3")
+        env.setdefault("XIAOZHI_DATA_DIR", str(tmp_path_factory.mktemp(f"{name}-data")))
+        env.update({k: str(v) for k, v in overrides.items()})
+        try:
+            with server_process(env, tmp_path_factory.mktemp(f"{name}-logs") / "server.log", startup_timeout) as server:
+                yield server
+        except ServerDidNotStart as exc:
+            pytest.fail(str(exc))
+
+    return start
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,15 +2,16 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import F
-from django.shortcuts import redirect
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from devices import rate_limits, records
+from devices import device_commands, memory_records, rate_limits, records
 from devices.client_address import client_address
-from devices.forms import AgentConfigForm, BindActivationCodeForm
-from devices.models import AgentConfig, Device, DeviceSession, Turn
+from devices.device_commands import DeviceNotConnected
+from devices.forms import AgentConfigForm, AlertForm, BindActivationCodeForm, DeviceForm, ToolCallForm
+from devices.models import AgentConfig, Device, DeviceSession, Turn, VisionQuery
 
 
 def tool_calls_html(calls) -> str:
@@ -36,22 +37,25 @@ def tool_calls_html(calls) -> str:
 class AgentConfigAdmin(admin.ModelAdmin):
     form = AgentConfigForm
     list_display = (
-        "name", "is_default", "voice", "asr_provider", "llm_provider", "tts_provider", "llm_model", "updated_at",
+        "name", "is_default", "voice", "asr_provider", "llm_provider", "tts_provider", "llm_model", "vllm_provider",
+        "memory_enabled",
+        "updated_at",
     )
-    list_filter = ("is_default",)
+    list_filter = ("is_default", "memory_enabled")
     search_fields = ("name", "system_prompt")
 
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
+    form = DeviceForm
     list_display = ("device_id", "board", "firmware_version", "activated", "bound_client_id", "online", "last_seen",
-                    "agent")
+                    "agent", "commands")
     list_filter = ("online", "activated", "agent")
     search_fields = ("device_id", "client_id", "board")
     list_select_related = ("agent",)
     readonly_fields = ("activation_code", "activation_code_expires_at", "bound_client_id", "bound_at", "online",
-                       "last_seen", "created_at", "recent_turns")
-    actions = ["mark_activated", "reset_binding"]
+                       "last_seen", "created_at", "memory_updated_at", "recent_turns", "recent_photo_questions")
+    actions = ["mark_activated", "reset_binding", "send_alert", "reboot", "clear_memory"]
 
     @admin.display(description="Recent turns (ms after end of speech)")
     def recent_turns(self, obj):
@@ -74,6 +78,24 @@ class DeviceAdmin(admin.ModelAdmin):
                            "<th>LLM 1st token</th><th>1st sentence</th><th>TTS 1st audio</th><th>1st audio sent</th>"
                            "<th>Tool calls</th><th>Error</th></tr></thead><tbody>{}</tbody></table>", rows)
 
+    @admin.display(description="Recent photo questions")
+    def recent_photo_questions(self, obj):
+        """Read-only: what the camera tool asked and was told, with the time it took."""
+        if obj is None or obj.pk is None:
+            return "-"
+        from django.utils.html import format_html, format_html_join
+
+        rows = obj.vision_queries.order_by("-asked_at")[:10]
+        if not rows:
+            return "No photo questions yet."
+        cells = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (f"{q.asked_at:%Y-%m-%d %H:%M:%S}", q.question[:80], q.answer[:120],
+             "-" if q.seconds is None else f"{q.seconds:.1f} s", f"{q.image_bytes} B", q.error or "")
+            for q in rows))
+        return format_html('<table class="recent-photo-questions"><thead><tr><th>When</th><th>Question</th>'
+                           "<th>Answer</th><th>Time</th><th>Photo</th><th>Error</th></tr></thead><tbody>{}</tbody>"
+                           "</table>", cells)
+
     @admin.action(description="Mark selected devices activated", permissions=["change"])
     def mark_activated(self, request, queryset):
         """Binds each to the Client-Id it last polled with (if any; else to the next one seen)."""
@@ -90,9 +112,123 @@ class DeviceAdmin(admin.ModelAdmin):
                 else "will be bound to the next client that polls or connects")
         self.message_user(request, f"{count} device(s) unbound; each {then}.", messages.SUCCESS)
 
+    @admin.display(description="Commands")
+    def commands(self, obj):
+        """Links to what can be sent to an online device's live connection."""
+        if not obj.online:
+            return "-"
+        from django.utils.html import format_html
+
+        return format_html('<a href="{}">Alert</a> · <a href="{}">Reboot</a> · <a href="{}">Call a tool</a>',
+                           reverse("admin:devices_device_alert", args=[obj.pk]),
+                           reverse("admin:devices_device_reboot", args=[obj.pk]),
+                           reverse("admin:devices_device_tool", args=[obj.pk]))
+
+    # -- commands to the live connection (devices/device_commands.py) --------------------------------------
+    def _report(self, request, answers: dict) -> None:
+        """Tell the admin what came of a command, device by device."""
+        for device_id, reply in answers.items():
+            if isinstance(reply, DeviceNotConnected):
+                self.message_user(request, f"{device_id}: {reply}", messages.ERROR)
+            else:
+                self.message_user(request, f"{device_id}: {reply.text}", messages.SUCCESS if reply.ok else messages.ERROR)
+
+    @admin.action(description="Send an alert to the selected devices", permissions=["change"])
+    def send_alert(self, request, queryset):
+        """First a form (status, message, emotion), then the alert to each selected device."""
+        form = AlertForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            data = form.cleaned_data
+            self._report(request, device_commands.send_alert([d.device_id for d in queryset], data["status"],
+                                                             data["message"], data["emotion"]))
+            return None
+        return self._command_page(request, "Send an alert", form, devices=list(queryset), bulk_action="send_alert",
+                                  submit="Send alert")
+
+    @admin.action(description="Reboot the selected devices (online ones)", permissions=["change"])
+    def reboot(self, request, queryset):
+        self._report(request, device_commands.reboot([d.device_id for d in queryset]))
+
+    def alert_view(self, request, object_id):
+        device = self._device_for_command(request, object_id)
+        form = AlertForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            self._report(request, device_commands.send_alert([device.device_id], data["status"], data["message"],
+                                                             data["emotion"]))
+            return redirect(reverse("admin:devices_device_change", args=[device.pk]))
+        return self._command_page(request, f"Send an alert to {device.device_id}", form, devices=[device],
+                                  submit="Send alert")
+
+    def reboot_view(self, request, object_id):
+        device = self._device_for_command(request, object_id)
+        if request.method == "POST":
+            self._report(request, device_commands.reboot([device.device_id]))
+            return redirect(reverse("admin:devices_device_change", args=[device.pk]))
+        return self._command_page(request, f"Reboot {device.device_id}", None, devices=[device], submit="Reboot",
+                                  intro="The device restarts at once; a conversation in progress is cut off.")
+
+    def tool_view(self, request, object_id):
+        """The tools the live connection listed; call one with JSON arguments and see its answer."""
+        device = self._device_for_command(request, object_id)
+        result, problem, tools = None, "", []
+        try:
+            listed = device_commands.list_tools(device.device_id)
+            tools = listed.tools if listed.ok else []
+            problem = "" if listed.ok else listed.text
+        except DeviceNotConnected as exc:
+            problem = str(exc)
+        form = ToolCallForm(request.POST if request.method == "POST" and tools else None, tools=tools,
+                            initial={"arguments": "{}"})
+        if tools and request.method == "POST" and form.is_valid():
+            try:
+                result = device_commands.call_tool(device.device_id, form.cleaned_data["tool"],
+                                                   form.cleaned_data["arguments"])
+            except DeviceNotConnected as exc:
+                problem = str(exc)
+        elif not problem and not tools:
+            problem = "The device listed no tools on this connection."
+        import json
+
+        shown = [{**tool, "schema": json.dumps(tool.get("parameters") or {}, ensure_ascii=False)} for tool in tools]
+        return self._command_page(request, f"Call a tool on {device.device_id}", form if tools else None,
+                                  devices=[device], submit="Call", tools=shown, result=result, problem=problem)
+
+    def _device_for_command(self, request, object_id) -> Device:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        return get_object_or_404(Device, pk=object_id)
+
+    def _command_page(self, request, title, form, *, devices, submit, bulk_action="", intro="", tools=(),
+                      result=None, problem=""):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts, "title": title, "form": form, "devices": devices, "submit": submit,
+            "bulk_action": bulk_action, "intro": intro, "tools": tools, "result": result, "problem": problem,
+        }
+        return TemplateResponse(request, "admin/devices/device/command.html", context)
+
+    def save_model(self, request, obj, form, change):
+        if "memory" in form.changed_data:
+            from django.utils import timezone
+
+            obj.memory_updated_at = timezone.now()
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Clear the memory of selected devices", permissions=["change"])
+    def clear_memory(self, request, queryset):
+        count = memory_records.clear_memory(queryset)
+        self.message_user(request, f"Memory of {count} device(s) cleared.", messages.SUCCESS)
+
     def get_urls(self):
-        bind = path("bind/", self.admin_site.admin_view(self.bind_view), name="devices_device_bind")
-        return [bind, *super().get_urls()]
+        view = self.admin_site.admin_view
+        return [
+            path("bind/", view(self.bind_view), name="devices_device_bind"),
+            path("<path:object_id>/alert/", view(self.alert_view), name="devices_device_alert"),
+            path("<path:object_id>/reboot/", view(self.reboot_view), name="devices_device_reboot"),
+            path("<path:object_id>/tool/", view(self.tool_view), name="devices_device_tool"),
+            *super().get_urls(),
+        ]
 
     def bind_view(self, request):
         """Enter the code a device shows, the admin's half of the OTA activation handshake."""
@@ -174,3 +310,25 @@ class TurnAdmin(ReadOnlyAdmin):
     @admin.display(description="Tool calls")
     def tool_calls_table(self, obj):
         return tool_calls_html(obj.tool_calls if obj else ())
+
+
+@admin.register(VisionQuery)
+class VisionQueryAdmin(ReadOnlyAdmin):
+    list_display = ("asked_at", "device", "question", "answer", "seconds", "image_bytes", "turn", "error")
+    list_filter = ("device",)
+    search_fields = ("question", "answer", "device__device_id")
+    list_select_related = ("device", "turn")
+    exclude = ("image",)
+    readonly_fields = ("photo",)
+
+    @admin.display(description="Photo")
+    def photo(self, obj):
+        """The kept photo inline (XIAOZHI_VISION_KEEP_IMAGES), else a note that only its size was kept."""
+        from base64 import b64encode
+
+        from django.utils.html import format_html
+
+        if not obj.image:
+            return "Not kept (XIAOZHI_VISION_KEEP_IMAGES is off)."
+        return format_html('<img src="data:{};base64,{}" style="max-width: 480px">', obj.image_type,
+                           b64encode(bytes(obj.image)).decode("ascii"))

@@ -25,6 +25,12 @@ def tts_choices() -> list[tuple[str, str]]:
     return _provider_choices("tts")
 
 
+def vllm_choices() -> list[tuple[str, str]]:
+    from voice.providers import registry
+
+    return [*_provider_choices("vllm")[:1], (registry.NONE, "None (no vision)"), *_provider_choices("vllm")[1:]]
+
+
 def default_session_config(agent: AgentConfig | None = None) -> dict:
     """What a voice session uses; blank agent fields fall back to the server-wide settings."""
     from voice.providers import registry
@@ -36,6 +42,11 @@ def default_session_config(agent: AgentConfig | None = None) -> dict:
         "llm_provider": registry.resolve("llm", agent and agent.llm_provider),
         "tts_provider": registry.resolve("tts", agent and agent.tts_provider),
         "llm_model": (agent and agent.llm_model) or settings.XIAOZHI_LLM_MODEL,
+        # "" = no vision for this agent (none on the server, or the agent chose none)
+        "vllm_provider": registry.resolve("vllm", agent and agent.vllm_provider),
+        "vllm_model": (agent and agent.vllm_model) or settings.XIAOZHI_VLLM_MODEL,
+        "wake_greeting": (agent and agent.wake_greeting) or "",
+        "memory_enabled": agent.memory_enabled if agent else settings.XIAOZHI_MEMORY_ENABLED,
     }
 
 
@@ -51,7 +62,19 @@ class AgentConfig(models.Model):
     llm_provider = models.CharField(max_length=20, blank=True, choices=llm_choices)
     tts_provider = models.CharField(max_length=20, blank=True, choices=tts_choices)
     llm_model = models.CharField(max_length=200, blank=True, help_text="Blank = the server's XIAOZHI_LLM_MODEL.")
+    vllm_provider = models.CharField(
+        "vision provider", max_length=20, blank=True, choices=vllm_choices,
+        help_text="Answers the camera tool's photo questions. Server default = XIAOZHI_VLLM_PROVIDER (blank there: none).")
+    vllm_model = models.CharField("vision model", max_length=200, blank=True,
+                                  help_text="Blank = the server's XIAOZHI_VLLM_MODEL.")
+    wake_greeting = models.CharField(
+        max_length=200, blank=True,
+        help_text="Said when the device hears its wake word, e.g. \"Yes?\" (synthesised once, then replayed); "
+                  "blank = no greeting.")
     is_default = models.BooleanField(default=False, help_text="Used by devices that have no agent of their own.")
+    memory_enabled = models.BooleanField(
+        default=True, help_text="Keep a short memory of what the user says about themselves (per device, shown on "
+        "the device page) and give it to the next session. Turn off for shared or public devices.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -88,6 +111,11 @@ class Device(models.Model):
     online = models.BooleanField(default=False, db_index=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Bounded by XIAOZHI_MEMORY_MAX_CHARS where it is written (voice/memory.py, the admin form).
+    memory = models.TextField(
+        blank=True, help_text="What the user said about themselves, given to the next session's system prompt "
+        "(kept by the server when the agent's memory is on; edit or clear it here).")
+    memory_updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["device_id"]
@@ -106,6 +134,12 @@ class DeviceSession(models.Model):
     remote_addr = models.CharField(max_length=64, blank=True)
     protocol_version = models.PositiveSmallIntegerField(default=1)
     close_reason = models.CharField(max_length=200, blank=True)
+    # The server process holding the socket (devices/session_owner.py): a row whose owner died is closed
+    # at the next start on its host, or once its heartbeat is older than 3 periods (any host).
+    server_host = models.CharField(max_length=255, blank=True)
+    server_pid = models.PositiveIntegerField(null=True, blank=True)
+    server_started_at = models.FloatField(null=True, blank=True, help_text="The owner process's start (epoch s).")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
@@ -142,3 +176,31 @@ class Turn(models.Model):
 
     def __str__(self) -> str:
         return f"{self.device} @ {self.created_at:%Y-%m-%d %H:%M:%S}" if self.created_at else str(self.device)
+
+
+class VisionQuery(models.Model):
+    """One photo question from a device's camera tool (POST /xiaozhi/vision/) and what it was told.
+    The photo itself is kept only with XIAOZHI_VISION_KEEP_IMAGES, bounded by the upload limit."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="vision_queries")
+    session = models.ForeignKey(DeviceSession, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="vision_queries", help_text="The device's open connection when it asked.")
+    turn = models.ForeignKey(Turn, null=True, blank=True, on_delete=models.SET_NULL, related_name="vision_queries",
+                             help_text="The turn whose tool call took the photo (set when that turn is recorded).")
+    asked_at = models.DateTimeField(db_index=True, help_text="When the checked upload was put to the vision service.")
+    question = models.TextField()
+    answer = models.TextField(blank=True, help_text="The text handed back to the device (a busy notice or apology on failure).")
+    error = models.CharField(max_length=255, blank=True)
+    provider = models.CharField(max_length=20, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    seconds = models.FloatField(null=True, blank=True, help_text="From the upload's arrival to the answer.")
+    image_bytes = models.PositiveIntegerField(default=0)
+    image_type = models.CharField(max_length=20, blank=True)
+    image = models.BinaryField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-asked_at"]
+        verbose_name = "photo question"
+
+    def __str__(self) -> str:
+        return f"{self.device} @ {self.asked_at:%Y-%m-%d %H:%M:%S}" if self.asked_at else str(self.device)

@@ -9,14 +9,15 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from devices.auth import DeviceIdentity
-from devices.models import AgentConfig, Device, DeviceSession, Turn, default_session_config
+from devices import session_owner
+from devices.models import AgentConfig, Device, DeviceSession, Turn, VisionQuery, default_session_config
 from voice.pipeline.turn_row import TurnRow
 
 class BoundElsewhere(Exception):
@@ -35,6 +36,7 @@ class ConnectionInfo:
     activated: bool
     activation_code: str | None
     agent: dict
+    memory: str = ""  # the device's memory when its agent keeps one (voice/memory.py)
 
 
 def _clip(value, model, field: str) -> str:
@@ -161,6 +163,8 @@ def register_connection(identity: DeviceIdentity, protocol_version: int) -> Conn
         session_id=uuid.uuid4(),
         remote_addr=_clip(identity.remote_addr, DeviceSession, "remote_addr"),
         protocol_version=protocol_version,
+        heartbeat_at=timezone.now(),
+        **session_owner.this_process().fields(),
     )
     device.client_id = _clip(identity.client_id, Device, "client_id")
     device.online = True
@@ -173,7 +177,8 @@ def register_connection(identity: DeviceIdentity, protocol_version: int) -> Conn
         session_id=str(session.session_id),
         activated=activated,
         activation_code=None if activated else ensure_activation_code(device),
-        agent=agent_config_for(device),
+        agent=(agent := agent_config_for(device)),
+        memory=device.memory if agent.get("memory_enabled") else "",
     )
 
 
@@ -193,13 +198,16 @@ def record_turn(device_pk: int, session_pk: int | None, row: TurnRow) -> int:
     speech_end_at = row.speech_end_at
     if speech_end_at is not None and timezone.is_naive(speech_end_at):
         speech_end_at = timezone.make_aware(speech_end_at)
-    return Turn.objects.create(
+    turn_pk = Turn.objects.create(
         device_id=device_pk, session_id=session_pk,
         user_text=str(row.user_text or ""), reply_text=str(row.reply_text or ""),
         error=_clip(row.error, Turn, "error"), interrupted=bool(row.interrupted),
         speech_end_at=speech_end_at, timings=dict(row.timings or {}), tool_calls=list(row.tool_calls or ()),
         **row.latencies(),
     ).pk
+    if session_pk is not None:  # photos the camera tool took during this turn (its row comes at its end)
+        VisionQuery.objects.filter(session_id=session_pk, turn__isnull=True).update(turn_id=turn_pk)
+    return turn_pk
 
 
 def touch_device(device_pk: int) -> None:

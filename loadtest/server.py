@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +30,87 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ServerDidNotStart(RuntimeError):
+    """The server process exited or did not answer ``/health`` in time; the message ends with its log."""
+
+
+@dataclass
+class ServerProcess:
+    """A running ``python -m xiaozhi.server`` on 127.0.0.1."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+    env: dict  # the environment it runs with (e.g. to run manage.py on its database)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/xiaozhi/v1/"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss(self) -> int:
+        import psutil
+
+        return psutil.Process(self.process.pid).memory_info().rss
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
 @contextlib.contextmanager
-def local_server(profile: str = "bundled", env: dict | None = None, startup_timeout: float = 180, log_path=None):
-    """Yield the base URL of a fresh server; stop it on exit."""
+def server_process(env: Mapping[str, str], log_path: Path, startup_timeout: float = 180,
+                   migrate: bool = True) -> Iterator[ServerProcess]:
+    """The production server process (``python -m xiaozhi.server``, as ``make run`` starts it) on a
+    free port with ``env``, its database migrated first; yielded once ``/health`` answers 200,
+    stopped on exit. The one way the load test, the benchmarks and the tests start a server."""
     import httpx
 
+    if migrate:
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=dict(env), check=True,
+                       capture_output=True)
+    port = free_port()
+    log = open(log_path, "w+")
+    process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
+                               cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+    running = ServerProcess(process, port, Path(log_path), dict(env))
+    try:
+        deadline = time.monotonic() + startup_timeout  # models load and warm before the port opens
+        while True:
+            if process.poll() is not None:
+                raise ServerDidNotStart(f"the server exited early:\n{running.log_tail()}")
+            try:
+                if httpx.get(f"{running.base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerDidNotStart(f"the server did not start in time:\n{running.log_tail()}")
+            time.sleep(0.3)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+
+
+@contextlib.contextmanager
+def local_server(profile: str = "bundled", env: dict | None = None, startup_timeout: float = 180, log_path=None):
+    """Yield the base URL of a fresh server with its own SQLite database; stop it on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="xiaozhi-loadtest-"))
     environ = dict(os.environ, SQLITE_PATH=str(workdir / "db.sqlite3"), XIAOZHI_DATA_DIR=str(workdir))
     environ.pop("DATABASE_URL", None)
@@ -41,31 +119,5 @@ def local_server(profile: str = "bundled", env: dict | None = None, startup_time
     environ.update(XIAOZHI_RATE_LIMIT_EXEMPT="127.0.0.1", XIAOZHI_MONITORING_PUBLIC="true")
     environ.update(PROFILES[profile])
     environ.update(env or {})
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=environ, check=True,
-                   capture_output=True)
-    port = free_port()
-    log = open(log_path or workdir / "daphne.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"the server exited early:\n{log.read()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start in time")
-            time.sleep(0.5)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    with server_process(environ, Path(log_path or workdir / "daphne.log"), startup_timeout) as running:
+        yield running.base

@@ -13,6 +13,7 @@ READINESS_IDS = {
     ("tts", "edge"): ("voice.E007", "Set XIAOZHI_EDGE_TTS_VOICE to a voice such as en-US-AriaNeural, or another XIAOZHI_TTS_PROVIDER"),
     ("asr", "openai"): ("voice.E013", "Set XIAOZHI_ASR_BASE_URL (and XIAOZHI_ASR_MODEL), or another XIAOZHI_ASR_PROVIDER"),
     ("tts", "openai"): ("voice.E014", "Set XIAOZHI_TTS_BASE_URL and XIAOZHI_TTS_FORMAT to pcm, wav or mp3, or another XIAOZHI_TTS_PROVIDER"),
+    ("vllm", "openai"): ("voice.E015", "Set XIAOZHI_VLLM_BASE_URL (and XIAOZHI_VLLM_MODEL), or XIAOZHI_VLLM_PROVIDER= for no vision"),
 }
 
 
@@ -21,6 +22,8 @@ def check_voice_settings(app_configs=None, **kwargs):
     errors = []
     for kind in registry.KINDS:
         setting, name = registry.SETTING[kind], registry.resolve(kind)
+        if not name and kind in registry.OPTIONAL_KINDS:
+            continue  # none configured: the server runs without it
         if name not in registry.names(kind):
             errors.append(Error(f"{setting}={name!r} is not a known provider",
                                 hint=f"Use one of: {', '.join(sorted(registry.names(kind)))}", id="voice.E001"))
@@ -141,3 +144,17 @@ def refuse_insecure_start() -> None:
     errors = check_device_security()
     if errors:
         raise ImproperlyConfigured("; ".join(f"{e.id}: {e.msg} (hint: {e.hint})" for e in errors))
+
+
+@register()
+def check_memory_method(app_configs=None, **kwargs):
+    """Per-device memory summarised by the bundled SmolLM2 is noise (benchmarks/README.md, "Memory"):
+    say so when the setting asks for it."""
+    from voice import memory
+
+    llm = registry.resolve("llm")
+    if settings.XIAOZHI_MEMORY_ENABLED and llm in memory.EXTRACTING_LLMS and settings.XIAOZHI_MEMORY_METHOD == "llm":
+        return [Warning(f"XIAOZHI_MEMORY_METHOD=llm with XIAOZHI_LLM_PROVIDER={llm}: this model's memory summaries "
+                        "lose the user's name and add invented facts",
+                        hint="Leave XIAOZHI_MEMORY_METHOD at auto (extraction for this model)", id="voice.W101")]
+    return []

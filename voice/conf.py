@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-SERVICES = ("vad", "asr", "llm", "tts")
+SERVICES = ("vad", "asr", "llm", "tts", "vllm")  # vllm: vision (photo questions, devices/vision_views.py)
 ENV_PREFIX = "XIAOZHI_PERF__"
 PROFILE_ENV = "XIAOZHI_PERFORMANCE_PROFILE"
 NO_PROFILE = "defaults"  # XIAOZHI_PERFORMANCE_PROFILE=defaults: use the defaults whatever the machine
@@ -54,7 +54,8 @@ SECTIONS = {
                "max_queued_frames": Key(int, 1), "max_queued_bytes": Key(int, 1024),
                "max_connections_per_address": Key(int, 1)},
     **{f"services.{name}": SERVICE_KEYS for name in SERVICES},
-    "database": {"conn_max_age": Key(int, 0), "conn_health_checks": Key(bool), "connect_timeout": Key(int, 1)},
+    "database": {"conn_max_age": Key(int, 0), "conn_health_checks": Key(bool), "connect_timeout": Key(int, 1),
+                 "query_timeout": Key(int, 1), "pending_writes": Key(int, 1), "session_heartbeat": Key(float, 1)},
     "redis": {
         "max_connections": Key(int, 1),
         "socket_connect_timeout": Key(float, 0.1),
@@ -76,7 +77,8 @@ SECTIONS = {
 # requests: 0 turns one limit off.
 RATE_LIMITS = ("ota_per_address", "ota_per_device", "activate_per_address", "activate_per_device",
                "activation_code_failures_per_address", "activation_code_failures_total",
-               "handshake_per_address", "handshake_per_device", "admin_login_failures_per_address")
+               "handshake_per_address", "handshake_per_device", "admin_login_failures_per_address",
+               "vision_per_address", "vision_per_device")
 RATE_LIMIT_KEYS = {"requests": Key(int, 0), "seconds": Key(float, 1)}
 SECTIONS.update({f"rate_limits.{name}": RATE_LIMIT_KEYS for name in RATE_LIMITS})
 PROFILE_KEYS = {"min_cpus": Key(int, 1), "min_memory_gb": Key(float, 0)}
@@ -273,6 +275,9 @@ class DatabasePool:
     conn_max_age: int
     conn_health_checks: bool
     connect_timeout: int
+    query_timeout: int  # seconds mysqlclient waits on a read or a write (it retries a read twice more)
+    pending_writes: int  # records kept for a retry while the database is unreachable (devices/pending_writes.py)
+    session_heartbeat: float  # seconds between a process's heartbeats on its session rows (devices/session_owner.py)
 
 
 @dataclass(frozen=True)
@@ -392,7 +397,7 @@ def _order(path: str) -> tuple:
 def parse_limits(data: dict) -> dict[str, ServiceLimits]:
     """The service limits of one already merged mapping (its ``services`` only), checked."""
     if not isinstance(data.get("services"), dict):
-        raise PerformanceConfigError("services must be a mapping with vad, asr, llm and tts")
+        raise PerformanceConfigError(f"services must be a mapping with {', '.join(SERVICES)}")
     flat = _layer({"services": data["services"]}, "configuration")
     _require(flat, [f"services.{name}" for name in SERVICES])
     return _services(flat, {})

@@ -19,11 +19,12 @@ SAMPLE_WINDOW = 1000  # latest samples kept per latency figure
 ABORTED = "aborted"
 # Gauges count live things (sockets, turns, queued packets): only their owners move them, and a
 # figures reset leaves them, or they would read 0 with devices connected and go negative when they leave.
-LIVE_GAUGES = ("connected_devices", "active_turns", "vad_pending_packets")
+LIVE_GAUGES = ("connected_devices", "active_turns", "vad_pending_packets", "database_writes_pending")
 
 _lock = threading.Lock()
 _counters: collections.Counter = collections.Counter()
-# vad_pending_packets: uplink packets queued for the VAD in all sessions (voice/pipeline/packet_queue.py).
+# vad_pending_packets: uplink packets queued for the VAD in all sessions (voice/pipeline/packet_queue.py);
+# database_writes_pending: turn records and session closes waiting for the database (devices/pending_writes.py).
 _gauges: dict[str, float] = dict.fromkeys(LIVE_GAUGES, 0)
 _samples: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=SAMPLE_WINDOW))
 _turn_times: collections.deque = collections.deque(maxlen=10000)  # monotonic end times, for turns/minute

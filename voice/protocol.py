@@ -42,6 +42,7 @@ class CloseCode(IntEnum):
     UNSUPPORTED = 4415  # the hello asks for an audio format the server does not speak (after an alert)
     BAD_DATA = 4422  # a run of undecodable frames
     RATE_LIMITED = 4429  # too many handshakes from this address or device, or too many sockets from this address
+    STORAGE_UNAVAILABLE = 4502  # the database is unreachable at the handshake: try again shortly (devices/consumers.py)
     SERVER_FULL = 4503  # the process holds its connection limit
 
 

@@ -23,6 +23,7 @@ from voice import live_stats
 from voice.activation import ActivationPrompt
 from voice.conf import mcp_limits
 from voice.mcp import McpClient
+from voice.pipeline import phrase_cache
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
 from voice.pipeline.pacer import Pacer
@@ -43,11 +44,13 @@ from voice.protocol import (
     Pong,
     ProtocolError,
     ServerHello,
+    System,
     encode,
     negotiate_binary_version,
     parse_device_message,
 )
 from voice.providers import registry
+from voice.tools.model import Tool, ToolResult
 from voice.watchdogs import IdleWatch, watch_hello
 from voice.workers import ServiceBusy, ServiceTimeout
 from voice.workers import services as default_services
@@ -82,6 +85,7 @@ class SessionConfig:
     llm_provider: str | None = None
     tts_provider: str | None = None
     llm_model: str | None = None  # for LLMs that serve several models (openai); None: the provider's own
+    wake_greeting: str = ""  # spoken on ``listen detect`` (AgentConfig.wake_greeting); blank: nothing
     output_sample_rate: int = 24000
     hello_timeout: float = 10.0
     idle_timeout: float = 120.0
@@ -158,6 +162,7 @@ class VoiceSession:
         self._audio_ready = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._turn: asyncio.Task | None = None
+        self._greeting: asyncio.Task | None = None  # the wake greeting, while it is the turn
         self._bad_frames = 0
         # The device's tools over MCP (voice/mcp): set by a hello with ``features.mcp``, else None.
         # The turn lists and calls its tools; the admin's actions call them by hand.
@@ -297,7 +302,9 @@ class VoiceSession:
     async def _on_listen(self, listen: Listen) -> None:
         self.touch()
         if listen.state == "start":
-            if self.state in (THINKING, SPEAKING):
+            # The firmware follows ``detect`` with ``listen start`` at once: that must not cut the greeting.
+            greeting = self._greeting is not None and self._greeting is self._turn and not self._greeting.done()
+            if self.state in (THINKING, SPEAKING) and not greeting:
                 await self.abort("listen start while speaking")
             self.mode = listen.mode or "auto"
             self.listener.reset(self.mode)
@@ -317,6 +324,9 @@ class VoiceSession:
             # The wake word itself was just streamed: do not answer it as a question.
             self.listener.reset()
             self._pending.clear()
+            if self.config.wake_greeting and self.config.activated and self.state not in (THINKING, SPEAKING):
+                self._turn = self._greeting = self._spawn(
+                    phrase_cache.greet(self._deps(), self.config.wake_greeting), "greeting")
 
     async def abort(self, reason: str) -> None:
         turn, self._turn = self._turn, None
@@ -335,6 +345,33 @@ class VoiceSession:
         self._phase = self._resting
         self.listener.reset()
         self._pending.clear()
+
+    # -- commands from the admin (devices/device_commands.py, over the channel layer) ---------------------
+    @property
+    def connected(self) -> bool:
+        """Past the hello and not closed: what is sent now reaches the device."""
+        return self.framing is not None and not self.closed
+
+    async def send_alert(self, status: str, message: str, emotion: str) -> None:
+        await self.transport.send_text(encode(Alert(status, message, emotion)))
+
+    async def reboot(self) -> None:
+        log.info("session %s: reboot requested by the admin", self.config.session_id)
+        await self.transport.send_text(encode(System("reboot")))
+
+    def device_tools(self) -> tuple[Tool, ...]:
+        """The tools the device listed over MCP on this connection (none without ``features.mcp``)."""
+        return self.mcp.tools if self.mcp else ()
+
+    async def call_tool(self, name: str, arguments: dict, timeout: float | None = None) -> ToolResult:
+        if self.mcp is None:
+            return ToolResult.error("the device does not speak MCP (its hello had no features.mcp)")
+        await self.mcp.ready.wait()  # the tools are still being listed right after the hello
+        return await self.mcp.call(name, arguments, timeout)
+
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        """Run ``coro`` as a task of this session (cancelled when it closes)."""
+        return self._spawn(coro, name)
 
     # -- input: decode + VAD off the loop -------------------------------------------------------------------
     async def _input_loop(self) -> None:

@@ -89,7 +89,7 @@ def env_time_zone(name: str, default: str = "UTC") -> str:
 
 
 def database_from_url(url: str, conn_max_age: int = 60, conn_health_checks: bool = True,
-                      connect_timeout: int | None = None) -> dict:
+                      connect_timeout: int | None = None, query_timeout: int | None = None) -> dict:
     """Turn ``mysql://user:pass@host:port/name`` (or ``sqlite:///path``) into a DATABASES entry.
 
     The connection reuse figures come from performance.yaml's ``database`` section; options in
@@ -107,6 +107,8 @@ def database_from_url(url: str, conn_max_age: int = 60, conn_health_checks: bool
     options = {"charset": "utf8mb4", "init_command": "SET sql_mode='STRICT_TRANS_TABLES'"}
     if connect_timeout is not None:
         options["connect_timeout"] = connect_timeout
+    if query_timeout is not None:  # a hung server fails the query instead of blocking its thread for ever
+        options["read_timeout"] = options["write_timeout"] = query_timeout
     for key, values in parse_qs(parsed.query).items():
         options[key] = values[-1]
     return {

@@ -14,7 +14,8 @@ Daphne (Twisted and autobahn, below Channels) leaves three doors open, each prob
 - Incoming WebSocket frames wait for the application in an unbounded queue: a client sending faster
   than its consumer handles grows the process by gigabytes. Here the socket is no longer read once
   ``server.max_queued_frames`` frames or ``server.max_queued_bytes`` bytes wait, and is read again
-  when half have been taken: a fast sender is slowed by TCP, and nothing it sent is lost.
+  when half have been taken: a fast sender is slowed by TCP, and nothing it sent is lost (until it
+  disconnects: the frames it left queued are dropped then, none could be answered).
 
 Each refusal is counted (``http_requests_timed_out``, ``http_heads_too_large``, ``http_bad_requests``,
 ``ws_reads_paused`` in voice.live_stats) rather than logged: a hostile client would fill the log.
@@ -182,6 +183,12 @@ class FlowControlledQueue(asyncio.Queue):
         return len(message.get("bytes") or message.get("text") or b"")
 
     def _put(self, item):
+        if item.get("type") == "websocket.disconnect" and self.qsize():
+            # The client is gone: what it sent last can no longer be answered. Without this a client
+            # that floods and then resets keeps its consumer (and its slot) busy for seconds.
+            live_stats.incr("ws_frames_dropped_after_disconnect", self.qsize())
+            self._queue.clear()
+            self.queued_bytes = 0
         super()._put(item)
         self.queued_bytes += self._size(item)
         if not self.paused and (self.qsize() > self.max_frames or self.queued_bytes > self.max_bytes):
@@ -212,6 +219,9 @@ class LimitedServer(daphne.server.Server):
     def run(self):
         # Server.run builds its HTTP factory by this module-level name; ours is a drop-in subclass.
         daphne.server.HTTPFactory = LimitedHTTPFactory
+        from devices import session_owner  # the application (and so Django) is loaded by now
+
+        session_owner.start()  # close the rows a dead predecessor left open, then heartbeat our own
         super().run()
 
     def create_application(self, protocol, scope):

@@ -129,7 +129,8 @@ DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL, PERFORMANCE.database.conn_max_age,
                                               PERFORMANCE.database.conn_health_checks,
-                                              PERFORMANCE.database.connect_timeout)}
+                                              PERFORMANCE.database.connect_timeout,
+                                              PERFORMANCE.database.query_timeout)}
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -247,6 +248,20 @@ XIAOZHI_SYSTEM_PROMPT = env_str(
     "XIAOZHI_SYSTEM_PROMPT",
     "You are a helpful voice assistant. Answer the question directly and correctly, in one short sentence.",
 )
+# Per-device memory (voice/memory.py): what the user said about themselves, kept between sessions and
+# carried by the next session's system prompt. On for devices without an agent config (each agent has
+# its own switch); bounded to XIAOZHI_MEMORY_MAX_CHARS; updated at a session's end and every
+# XIAOZHI_MEMORY_EVERY_TURNS turns (0: at the end only). "auto" extracts the user's self-statements
+# for the bundled SmolLM2 (too small to summarise, see benchmarks/README.md) and asks any other LLM.
+XIAOZHI_MEMORY_ENABLED = env_bool("XIAOZHI_MEMORY_ENABLED", True)
+XIAOZHI_MEMORY_MAX_CHARS = env_int("XIAOZHI_MEMORY_MAX_CHARS", 500, 50, 4000)
+XIAOZHI_MEMORY_EVERY_TURNS = env_int("XIAOZHI_MEMORY_EVERY_TURNS", 10, 0, 1000)
+XIAOZHI_MEMORY_METHOD = env_str("XIAOZHI_MEMORY_METHOD", "auto")
+if XIAOZHI_MEMORY_METHOD not in ("auto", "llm", "extract"):
+    raise ImproperlyConfigured(f"XIAOZHI_MEMORY_METHOD must be auto, llm or extract, got {XIAOZHI_MEMORY_METHOD!r}")
+# Devices waiting for an update in one process, and how long an update may wait for an idle LLM.
+XIAOZHI_MEMORY_QUEUE_SIZE = env_int("XIAOZHI_MEMORY_QUEUE_SIZE", 200, 1, 100000)
+XIAOZHI_MEMORY_DEFER_SECONDS = env_float("XIAOZHI_MEMORY_DEFER_SECONDS", 600.0, 1.0)
 
 # --- Tools (voice/tools, voice/mcp) -------------------------------------------------------------------
 # Offer tools to the LLM: the device's (over MCP, for devices whose hello has features.mcp) and the server's.
@@ -309,6 +324,25 @@ XIAOZHI_TTS_RETRIES = env_int("XIAOZHI_TTS_RETRIES", XIAOZHI_LLM_RETRIES, 0, 10)
 XIAOZHI_TTS_RETRY_BACKOFF_SECONDS = env_float("XIAOZHI_TTS_RETRY_BACKOFF_SECONDS", XIAOZHI_LLM_RETRY_BACKOFF_SECONDS, 0.0)
 XIAOZHI_TTS_BREAKER_FAILURES = env_int("XIAOZHI_TTS_BREAKER_FAILURES", XIAOZHI_LLM_BREAKER_FAILURES, 1, 1000)
 XIAOZHI_TTS_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_TTS_BREAKER_COOLDOWN_SECONDS", XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS, 0.0)
+# Vision (the camera tool's photo questions, voice/vision/): an OpenAI-compatible chat server that takes
+# images (hosted APIs, Ollama's vision models, llama.cpp's llama-server with a projector). Blank
+# provider = no vision: no device is offered the upload URL, and its camera tool answers by itself.
+XIAOZHI_VLLM_PROVIDER = env_str("XIAOZHI_VLLM_PROVIDER")
+XIAOZHI_VLLM_BASE_URL = env_str("XIAOZHI_VLLM_BASE_URL")
+XIAOZHI_VLLM_API_KEY = env_str("XIAOZHI_VLLM_API_KEY")
+XIAOZHI_VLLM_MODEL = env_str("XIAOZHI_VLLM_MODEL")
+XIAOZHI_VLLM_MAX_TOKENS = env_int("XIAOZHI_VLLM_MAX_TOKENS", 120, 8, 4096)
+XIAOZHI_VLLM_PROMPT = env_str(
+    "XIAOZHI_VLLM_PROMPT",
+    "You answer questions about a photo taken by a voice assistant's camera. Answer in one to three short "
+    "sentences of plain text, to be read aloud.",
+)
+# The upload URL handed to devices in MCP initialize (capabilities.vision.url); blank = derived from
+# XIAOZHI_WEBSOCKET_URL, else from the Host the device's socket came in on.
+XIAOZHI_VISION_URL = env_str("XIAOZHI_VISION_URL")
+XIAOZHI_VISION_MAX_IMAGE_BYTES = env_int("XIAOZHI_VISION_MAX_IMAGE_BYTES", 2 * 1024 * 1024, 1024)
+# Keep each photo in the database beside its question (bounded by the size limit above); off = size only.
+XIAOZHI_VISION_KEEP_IMAGES = env_bool("XIAOZHI_VISION_KEEP_IMAGES", False)
 XIAOZHI_MODEL_THREADS = env_int("XIAOZHI_MODEL_THREADS", 2, 1, 64)
 # Load and warm every configured model when the server starts (off in most tests, which load lazily).
 XIAOZHI_PRELOAD_MODELS = env_bool("XIAOZHI_PRELOAD_MODELS", True)

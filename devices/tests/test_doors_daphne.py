@@ -3,12 +3,6 @@ Client-Id is refused while the owner stays connected, the per-address socket cap
 rate limit close with 4429, and the OTA floods get 429 from the server process itself."""
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,59 +13,24 @@ from voice.protocol import CloseCode
 
 pytestmark = [pytest.mark.e2e]
 
-ROOT = Path(__file__).resolve().parents[2]
 HELLO = json.dumps({"type": "hello", "version": 1, "transport": "websocket",
                     "audio_params": {"format": "opus", "sample_rate": 16000, "channels": 1, "frame_duration": 60}})
 PER_ADDRESS = 3  # sockets
 PER_DEVICE = 4  # handshakes a minute
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """Daphne with fake models (the doors do not need them) and tight limits for 127.0.0.1."""
-    env = dict(os.environ, XIAOZHI_PRELOAD_MODELS="false", XIAOZHI_WORKER_BACKEND="local",
-               XIAOZHI_ASR_PROVIDER="fake", XIAOZHI_LLM_PROVIDER="fake", XIAOZHI_TTS_PROVIDER="fake",
-               XIAOZHI_RATE_LIMIT_EXEMPT="", XIAOZHI_TRUSTED_PROXIES="",
-               XIAOZHI_PERF__SERVER__MAX_CONNECTIONS_PER_ADDRESS=str(PER_ADDRESS),
-               XIAOZHI_PERF__RATE_LIMITS__HANDSHAKE_PER_DEVICE__REQUESTS=str(PER_DEVICE),
-               XIAOZHI_PERF__RATE_LIMITS__OTA_PER_ADDRESS__REQUESTS="5")
-    if not env.get("DATABASE_URL"):
-        env["SQLITE_PATH"] = str(tmp_path_factory.mktemp("doors") / "db.sqlite3")
-    env.setdefault("XIAOZHI_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    # With REDIS_URL the server counts in the same Redis as this process: conftest's fresh_rate_limits
-    # clears the counts before each test.
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("logs") / "daphne.log"
-    log = open(log_path, "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "xiaozhi.asgi:application"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"daphne exited early:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("daphne did not start in time")
-    yield base, log_path
-    process.terminate()
-    process.wait(10)
-    log.close()
+def server(start_server):
+    """The server with fake models (the doors do not need them) and tight limits for 127.0.0.1. With
+    REDIS_URL it counts in the same Redis as this process: conftest's fresh_rate_limits clears the
+    counts before each test."""
+    with start_server("doors", startup_timeout=120, XIAOZHI_PRELOAD_MODELS="false", XIAOZHI_WORKER_BACKEND="local",
+                      XIAOZHI_ASR_PROVIDER="fake", XIAOZHI_LLM_PROVIDER="fake", XIAOZHI_TTS_PROVIDER="fake",
+                      XIAOZHI_RATE_LIMIT_EXEMPT="", XIAOZHI_TRUSTED_PROXIES="",
+                      XIAOZHI_PERF__SERVER__MAX_CONNECTIONS_PER_ADDRESS=PER_ADDRESS,
+                      XIAOZHI_PERF__RATE_LIMITS__HANDSHAKE_PER_DEVICE__REQUESTS=PER_DEVICE,
+                      XIAOZHI_PERF__RATE_LIMITS__OTA_PER_ADDRESS__REQUESTS=5) as running:
+        yield running.host, running.log_path
 
 
 async def open_device(base, mac, client_id, hello=True):

@@ -23,3 +23,8 @@ class TTSError(ProviderError):
 class CircuitOpen(ProviderError):
     """A remote service (LLM, ASR or TTS server) failed too often in a row: requests fail at once,
     without waiting on it, until the cool-down has passed (see ``voice.providers.breaker``)."""
+
+
+class VisionError(ProviderError):
+    """The vision model failed on a photo question: a remote service unreachable, slow, or
+    answering with something we cannot read. The device hears an apology instead."""

@@ -17,8 +17,12 @@ from voice.providers.base import ASRProvider, LLMProvider, ProviderUnavailable, 
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("vad", "asr", "llm", "tts")
+KINDS = ("vad", "asr", "llm", "tts", "vllm")
 SETTING = {kind: f"XIAOZHI_{kind.upper()}_PROVIDER" for kind in KINDS}
+# Kinds a server may run without: a blank XIAOZHI_<KIND>_PROVIDER means none (vision: no device is
+# offered the camera's upload URL), and an agent may choose NONE to go without while the server has one.
+OPTIONAL_KINDS = ("vllm",)
+NONE = "none"
 
 _lock = threading.RLock()
 _providers: dict[tuple[str, str], object] = {}
@@ -132,6 +136,24 @@ def _openai_tts():
     )
 
 
+def _openai_vision():
+    from voice.conf import service_limits
+    from voice.providers.vllm.openai_vision import OpenAIVision
+
+    return OpenAIVision(
+        settings.XIAOZHI_VLLM_BASE_URL,
+        api_key=settings.XIAOZHI_VLLM_API_KEY,
+        model=settings.XIAOZHI_VLLM_MODEL,
+        timeout=service_limits("vllm").timeout,
+        max_tokens=settings.XIAOZHI_VLLM_MAX_TOKENS,
+        system_prompt=settings.XIAOZHI_VLLM_PROMPT,
+        retries=settings.XIAOZHI_LLM_RETRIES,
+        backoff=settings.XIAOZHI_LLM_RETRY_BACKOFF_SECONDS,
+        breaker_failures=settings.XIAOZHI_LLM_BREAKER_FAILURES,
+        breaker_cooldown=settings.XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS,
+    )
+
+
 def _piper():
     from voice.providers.tts.piper import PiperTTS
 
@@ -163,6 +185,7 @@ BUILDERS: dict[str, dict[str, Callable[[], object]]] = {
     "asr": {"whisper": _whisper, "funasr": _funasr, "openai": _openai_asr, "fake": _fake("asr")},
     "llm": {"smollm2": _smollm2, "openai": _openai, "fake": _fake("llm")},
     "tts": {"piper": _piper, "edge": _edge, "openai": _openai_tts, "fake": _fake("tts")},
+    "vllm": {"openai": _openai_vision},
 }
 # Display names (the admin's agent form); a provider without one is shown by its name.
 LABELS = {
@@ -188,7 +211,10 @@ def label(name: str) -> str:
 
 def resolve(kind: str, name: str | None = None) -> str:
     """The provider to use: ``name`` when one is chosen (an agent's field), else the server's
-    ``XIAOZHI_<KIND>_PROVIDER``. The one place where "blank means the server default" is decided."""
+    ``XIAOZHI_<KIND>_PROVIDER``. The one place where "blank means the server default" is decided.
+    For an optional kind, "" means none (the agent chose ``NONE``, or the server has none)."""
+    if name == NONE and kind in OPTIONAL_KINDS:
+        return ""
     return name or getattr(settings, SETTING[kind])
 
 
@@ -202,6 +228,9 @@ def _get(kind: str, name: str | None):
         provider = _providers.get(key)
         if provider is None:
             builder = BUILDERS[kind].get(name)
+            if builder is None and not name and kind in OPTIONAL_KINDS:
+                raise ProviderUnavailable(f"no {kind.upper()} provider is configured: set {SETTING[kind]} "
+                                          f"to one of: {', '.join(sorted(BUILDERS[kind]))}")
             if builder is None:
                 raise ProviderUnavailable(_unknown_message(kind, name))
             provider = builder()
@@ -229,11 +258,19 @@ def get_tts(name: str | None = None) -> TTSProvider:
     return _get("tts", name)
 
 
+def get_vllm(name: str | None = None):
+    """The vision provider (``voice.providers.vllm``): ``describe(question, image, mime, model=None) -> str``."""
+    return _get("vllm", name)
+
+
 def preload(kinds=KINDS) -> dict[str, float]:
     """Build and warm the configured providers (of ``kinds``) so the first device is served at full
-    speed. Returns seconds spent per kind; raises ProviderUnavailable naming the setting to change."""
+    speed. Returns seconds spent per kind; raises ProviderUnavailable naming the setting to change.
+    An optional kind the server has no provider for is skipped."""
     spent = {}
     for kind in kinds:
+        if kind in OPTIONAL_KINDS and not resolve(kind):
+            continue
         started = time.perf_counter()
         provider = _get(kind, None)
         warm = getattr(provider, "warm", None)

@@ -40,6 +40,12 @@ def _edge() -> str | None:
     return edge.package_problem() or edge.voice_problem(settings.XIAOZHI_EDGE_TTS_VOICE)
 
 
+def _openai_vision() -> str | None:
+    if not settings.XIAOZHI_VLLM_BASE_URL:
+        return "the openai vision provider needs a server: set XIAOZHI_VLLM_BASE_URL (and XIAOZHI_VLLM_MODEL)"
+    return None
+
+
 # Providers missing here need nothing beyond the packages in requirements.txt.
 CHECKS: dict[tuple[str, str], Callable[[], str | None]] = {
     ("asr", "funasr"): _funasr,
@@ -47,6 +53,7 @@ CHECKS: dict[tuple[str, str], Callable[[], str | None]] = {
     ("llm", "openai"): _openai,
     ("tts", "edge"): _edge,
     ("tts", "openai"): _openai_tts,
+    ("vllm", "openai"): _openai_vision,
 }
 
 

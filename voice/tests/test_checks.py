@@ -5,7 +5,7 @@ from voice.checks import check_voice_settings
 from voice.conf import PerformanceConfigError, deep_merge, parse_limits, performance_limits
 
 BASE = {"services": {name: {"max_concurrent": 1, "queue_size": 4, "timeout": 5, "pool_size": 1}
-                     for name in ("vad", "asr", "llm", "tts")}}
+                     for name in ("vad", "asr", "llm", "tts", "vllm")}}
 
 
 def ids(errors):

@@ -2,10 +2,8 @@
 speech -> stt, tts start, audio that decodes, tts stop. Driven by the shipped ``talk`` command."""
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,45 +14,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.models]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The production server (Daphne with our transport limits) on a free port, with its own migrated database."""
-    env = dict(os.environ)
-    if not env.get("DATABASE_URL"):
-        env["SQLITE_PATH"] = str(tmp_path_factory.mktemp("e2e") / "db.sqlite3")
-    env.setdefault("XIAOZHI_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("logs") / "daphne.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120  # models load and warm before the port opens
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"daphne exited early:\n{log.read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("daphne did not start in time")
-    yield base
-    process.terminate()
-    process.wait(10)
-    log.close()
+def server(start_server):
+    """The production server (Daphne with our transport limits) with the bundled models."""
+    with start_server("e2e", startup_timeout=120) as running:
+        yield running.base
 
 
 def talk(server, *args):

@@ -139,10 +139,12 @@ def test_settings_carry_the_pools_into_django():
 def test_database_and_redis_values_reach_their_clients():
     from xiaozhi.env import database_from_url
 
-    config = shipped(TWO, {"XIAOZHI_PERF__DATABASE__CONN_MAX_AGE": "0", "XIAOZHI_PERF__DATABASE__CONNECT_TIMEOUT": "3"})
+    config = shipped(TWO, {"XIAOZHI_PERF__DATABASE__CONN_MAX_AGE": "0", "XIAOZHI_PERF__DATABASE__CONNECT_TIMEOUT": "3",
+                           "XIAOZHI_PERF__DATABASE__QUERY_TIMEOUT": "7"})
     entry = database_from_url("mysql://u:p@db:3306/x", config.database.conn_max_age, config.database.conn_health_checks,
-                              config.database.connect_timeout)
+                              config.database.connect_timeout, config.database.query_timeout)
     assert entry["CONN_MAX_AGE"] == 0 and entry["CONN_HEALTH_CHECKS"] is True and entry["OPTIONS"]["connect_timeout"] == 3
+    assert entry["OPTIONS"]["read_timeout"] == entry["OPTIONS"]["write_timeout"] == 7  # mysqlclient's names
     assert database_from_url("mysql://u@db/x?connect_timeout=9", connect_timeout=3)["OPTIONS"]["connect_timeout"] == "9"
 
 

@@ -1,6 +1,6 @@
 """Voice services run by Celery workers (``XIAOZHI_WORKER_BACKEND=celery``): the Daphne side.
 
-One Celery queue per service (``<prefix>.asr``, ``.llm``, ``.tts``); the VAD stays in process (per-
+One Celery queue per service (``<prefix>.asr``, ``.llm``, ``.tts``, ``.vllm``); the VAD stays in process (per-
 session state, ~0.3 ms a chunk: a round trip would cost more than the work). Admission, timeouts and
 figures are kept per Daphne process by the same ``Admission`` as the local backend, so monitoring
 reads one shape. Here "queued" means submitted and not yet started by a worker, "active" started;
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "voice.run_operation"
 KEY_PREFIX = "xiaozhi:voice:call:"
-REMOTE_SERVICES = ("asr", "llm", "tts")  # the services workers serve; the VAD stays in Daphne
+REMOTE_SERVICES = ("asr", "llm", "tts", "vllm")  # the services workers serve; the VAD stays in Daphne
 DRAIN_SECONDS = 5.0  # at most this long listening for a cancelled call's last message
 
 

@@ -81,4 +81,8 @@ def live_workers() -> dict[str, list[dict]]:
 
 
 def missing_services(workers: dict[str, list[dict]]) -> list[str]:
-    return [s for s in REMOTE_SERVICES if not workers.get(s)]
+    """Services with no live worker; an optional one (vision) only when this server has a provider for it."""
+    from voice.providers import registry
+
+    needed = [s for s in REMOTE_SERVICES if s not in registry.OPTIONAL_KINDS or registry.resolve(s)]
+    return [s for s in needed if not workers.get(s)]

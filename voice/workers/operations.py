@@ -96,6 +96,12 @@ def tts_frames(tts_name: str, text: str, voice: str | None, output_rate: int, *,
         yield tail
 
 
+@operation("describe_image")
+def describe_image(vllm_name: str, question: str, image: bytes, mime: str, model: str | None = None) -> str:
+    """The vision provider's answer to a question about a photo (the camera tool's upload)."""
+    return registry.get_vllm(vllm_name).describe(question, image, mime, model=model)
+
+
 @operation("prefill")
 def prefill(llm_name: str, messages: list[dict]) -> None:
     """Pre-evaluate a conversation so the next turn's prompt is cached; a no-op for LLMs without it."""
@@ -111,3 +117,17 @@ def prefill_tools(llm_name: str, tools: list[dict]) -> None:
     fn = getattr(registry.get_llm(llm_name), "prefill_tools", None)
     if fn is not None and tools:
         fn(tools)
+
+
+@operation("summarize_memory")
+def summarize_memory(llm_name: str, old_memory: str, dialogue: list[list[str]], max_chars: int,
+                     model: str | None = None) -> str:
+    """A device's memory rewritten with what the user said about themselves in ``dialogue``
+    ((user, assistant) pairs), at most ``max_chars`` (``voice.memory``)."""
+    from voice import memory
+
+    llm = registry.get_llm(llm_name)
+    messages = memory.summary_messages(old_memory, dialogue, max_chars)
+    cancel = threading.Event()
+    parts = llm.stream(messages, cancel, model=model) if model else llm.stream(messages, cancel)
+    return memory.clean_summary("".join(parts), old_memory, max_chars)

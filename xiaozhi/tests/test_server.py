@@ -6,10 +6,7 @@ a short ``server.request_timeout`` so the slow-client probes take seconds.
 """
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import psutil
 import pytest
 import websockets
 
+from loadtest.server import ServerProcess
 from xiaozhi.server import FlowControlledQueue
 
 pytestmark = [pytest.mark.e2e]
@@ -29,63 +27,19 @@ HELLO = json.dumps({"type": "hello", "version": 1, "transport": "websocket",
                     "audio_params": {"format": "opus", "sample_rate": 16000, "channels": 1, "frame_duration": 60}})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, port: int, process: subprocess.Popen):
-        self.port, self.process = port, process
-        self.base = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}/xiaozhi/v1/"
-        self.ps = psutil.Process(process.pid)
-
-    def rss(self) -> int:
-        return self.ps.memory_info().rss
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    env = dict(os.environ, XIAOZHI_PRELOAD_MODELS="false", XIAOZHI_MONITORING_SCHEDULER="off",
-               XIAOZHI_ASR_PROVIDER="fake", XIAOZHI_LLM_PROVIDER="fake", XIAOZHI_TTS_PROVIDER="fake",
-               XIAOZHI_PERF__SERVER__REQUEST_TIMEOUT=str(REQUEST_TIMEOUT))
-    if not env.get("DATABASE_URL"):
-        env["SQLITE_PATH"] = str(tmp_path_factory.mktemp("server") / "db.sqlite3")
-    env.setdefault("XIAOZHI_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    running = Server(port, process)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.seek(0)
-            pytest.fail(f"the server did not start:\n{log.read()[-3000:]}")
-        try:
-            if httpx.get(f"{running.base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    yield running
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+def server(start_server):
+    with start_server("server", startup_timeout=60, XIAOZHI_PRELOAD_MODELS="false", XIAOZHI_MONITORING_SCHEDULER="off",
+                      XIAOZHI_ASR_PROVIDER="fake", XIAOZHI_LLM_PROVIDER="fake", XIAOZHI_TTS_PROVIDER="fake",
+                      XIAOZHI_PERF__SERVER__REQUEST_TIMEOUT=REQUEST_TIMEOUT) as running:
+        yield running
 
 
 def device_headers(n: int) -> dict:
     return {"Protocol-Version": "1", "Device-Id": f"02:00:00:00:e0:{n:02x}", "Client-Id": f"transport-test-{n}"}
 
 
-async def hello_and_ping(server: Server, n: int, open_timeout: float = 10) -> None:
+async def hello_and_ping(server: ServerProcess, n: int, open_timeout: float = 10) -> None:
     """What a normal device does first: handshake, hello (answered with a session), ping (pong)."""
     async with websockets.connect(server.ws_url, additional_headers=device_headers(n),
                                   open_timeout=open_timeout) as ws:
@@ -106,7 +60,7 @@ def read_until_closed(sock: socket.socket, limit: float = 10.0) -> bytes:
 
 
 # -- slow request heads ------------------------------------------------------------------------------------
-async def open_slow(server: Server):
+async def open_slow(server: ServerProcess):
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     return reader, writer, time.monotonic()
 
@@ -141,9 +95,9 @@ async def test_slow_request_heads_are_closed_at_the_deadline_and_leave_room_for_
     sending. With fewer free descriptors than slow clients the server is full (Twisted closes each
     new connection at once), but only until the deadline: a device retrying gets in then."""
     await hello_and_ping(server, 1)  # warm: the first session opens what every later one reuses
-    soft, hard = server.ps.rlimit(psutil.RLIMIT_NOFILE)
+    soft, hard = psutil.Process(server.pid).rlimit(psutil.RLIMIT_NOFILE)
     spare, slow_clients = 30, 45
-    server.ps.rlimit(psutil.RLIMIT_NOFILE, (server.ps.num_fds() + spare, hard))
+    psutil.Process(server.pid).rlimit(psutil.RLIMIT_NOFILE, (psutil.Process(server.pid).num_fds() + spare, hard))
     try:
         closed_after: list[float] = []
         stop = time.monotonic() + 6 * REQUEST_TIMEOUT  # the slow clients give up by themselves after this
@@ -161,7 +115,7 @@ async def test_slow_request_heads_are_closed_at_the_deadline_and_leave_room_for_
                 await asyncio.sleep(0.3)
         await asyncio.gather(*loris)
     finally:
-        server.ps.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+        psutil.Process(server.pid).rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
     assert refused >= 1  # the slow clients did fill the server
     assert len(closed_after) == slow_clients, "some slow clients were never closed"
     assert max(closed_after) <= REQUEST_TIMEOUT + MARGIN
@@ -214,7 +168,7 @@ def test_a_head_within_the_limit_is_served(server):
 
 
 # -- a flood of frames --------------------------------------------------------------------------------------
-async def flood(server: Server, n: int, until: float) -> int:
+async def flood(server: ServerProcess, n: int, until: float) -> int:
     """Send 60 KB JSON text frames as fast as the socket takes them, then prove each was handled:
     the ping sent last is answered only after every frame before it."""
     pad = json.dumps({"type": "mcp", "payload": {"pad": "x" * 60_000}})

@@ -1,4 +1,4 @@
-"""``manage.py voice_worker asr llm tts``: Celery workers for the voice services, one process each.
+"""``manage.py voice_worker asr llm tts [vllm]``: Celery workers for the voice services, one process each.
 
 Why not one worker for every queue: a Celery worker has one concurrency for all the queues it
 consumes, so a worker with 4 threads on ``voice.asr,voice.llm,voice.tts`` runs up to 4 model calls of
@@ -41,7 +41,7 @@ def worker_argv(service: str, *, concurrency: int | None = None, include: list[s
 
 
 class Command(BaseCommand):
-    help = "Run Celery workers for voice services (asr, llm, tts), one process per service, each with " \
+    help = "Run Celery workers for voice services (asr, llm, tts, vllm), one process per service, each with " \
            "performance.yaml's max_concurrent for it as its concurrency."
 
     def add_arguments(self, parser):

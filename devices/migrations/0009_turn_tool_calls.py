@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('devices', '0004_device_binding'),
+        ('devices', '0008_session_owner'),
     ]
 
     operations = [

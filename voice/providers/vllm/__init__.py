@@ -1,0 +1,1 @@
+"""Vision providers: answer a question about a photo (the ``vllm`` service)."""
