@@ -12,17 +12,13 @@ it heard, and the turn rows the server wrote to its own database (``Turn.tool_ca
 """
 import asyncio
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 
 from loadtest.device_tools import FirmwareTools
@@ -30,61 +26,33 @@ from loadtest.simulated_device import SimulatedDevice
 from voice.mcp import CALL_ID_FIRST
 from voice.protocol import Mcp, Tts
 from voice.tests.fake_openai_server import FakeOpenAIServer
-from voice.tests.test_end_to_end import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.models]
 
-ROOT = Path(__file__).resolve().parents[2]
 CALL_TIMEOUT = 3  # XIAOZHI_PERF__MCP__CALL_TIMEOUT of the server: a device that never answers
 SET_VOLUME = "self.audio_speaker.set_volume"
 STATUS = "self.get_device_status"
 
 
-@contextmanager
-def running_server(tmp_path_factory, **env_extra):
-    """The production server on a free port, with a migrated SQLite database of its own (so the
-    test can read the turns it wrote), yielding (base URL, database path, log path)."""
-    env = dict(os.environ, XIAOZHI_RATE_LIMIT_EXEMPT="127.0.0.1", **env_extra)
-    env.pop("DATABASE_URL", None)
-    db = tmp_path_factory.mktemp("tools-e2e") / "db.sqlite3"
-    env["SQLITE_PATH"] = str(db)
-    env.setdefault("XIAOZHI_DATA_DIR", str(tmp_path_factory.mktemp("data")))
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("logs") / "daphne.log"
-    log = open(log_path, "w+")
-    process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180  # models load and warm before the port opens
-    try:
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"the server exited early:\n{log.read()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server did not start in time")
-            time.sleep(0.5)
-        yield base, db, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+@pytest.fixture(scope="module")
+def tools_server(start_server, tmp_path_factory):
+    """``with tools_server(name, **env) as (server, db):`` the production server (conftest's
+    ``start_server``) on a SQLite database of its own, whatever the run's DATABASE_URL, so the test
+    reads back with sqlite3 exactly the turns this server wrote."""
+
+    @contextmanager
+    def start(name: str, **env):
+        db = tmp_path_factory.mktemp(f"{name}-db") / "db.sqlite3"
+        with start_server(name, DATABASE_URL="", SQLITE_PATH=db, XIAOZHI_RATE_LIMIT_EXEMPT="127.0.0.1", **env) as server:
+            yield server.base, db
+
+    return start
 
 
 @pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    with running_server(tmp_path_factory, XIAOZHI_PERF__MCP__CALL_TIMEOUT=str(CALL_TIMEOUT),
-                        XIAOZHI_PERF__MCP__MAX_PENDING_CALLS="1") as server:
+def bundled(tools_server):
+    with tools_server("tools-bundled", XIAOZHI_PERF__MCP__CALL_TIMEOUT=CALL_TIMEOUT,
+                      XIAOZHI_PERF__MCP__MAX_PENDING_CALLS=1) as server:
         yield server
 
 
@@ -101,9 +69,9 @@ def fake_api():
 
 
 @pytest.fixture(scope="module")
-def remote_llm(tmp_path_factory, fake_api):
-    with running_server(tmp_path_factory, XIAOZHI_LLM_PROVIDER="openai", XIAOZHI_LLM_BASE_URL=fake_api.url,
-                        XIAOZHI_LLM_MODEL="hosted-model") as server:
+def remote_llm(tools_server, fake_api):
+    with tools_server("tools-openai", XIAOZHI_LLM_PROVIDER="openai", XIAOZHI_LLM_BASE_URL=fake_api.url,
+                      XIAOZHI_LLM_MODEL="hosted-model") as server:
         yield server
 
 
