@@ -184,6 +184,13 @@ XIAOZHI_HELLO_TIMEOUT_SECONDS = env_float("XIAOZHI_HELLO_TIMEOUT_SECONDS", PERFO
 XIAOZHI_IDLE_TIMEOUT_SECONDS = env_float("XIAOZHI_IDLE_TIMEOUT_SECONDS", 120.0, 1.0)
 XIAOZHI_UNBOUND_SESSION_SECONDS = env_float("XIAOZHI_UNBOUND_SESSION_SECONDS", 180.0, 1.0)
 XIAOZHI_VAD_SILENCE_MS = env_int("XIAOZHI_VAD_SILENCE_MS", 500, 100, 5000)
+# A pause this long (ms, 0 = off) starts the utterance's ASR speculatively and asks the end-of-turn model
+# (XIAOZHI_TURN_PROVIDER: smart_turn, or silence = none) whether the speaker has finished; a turn that sounds
+# (probability >= XIAOZHI_END_OF_TURN_THRESHOLD) and reads finished is answered as soon as its transcript is
+# ready, anything else at XIAOZHI_VAD_SILENCE_MS with the same transcript (voice/pipeline/speculation.py).
+XIAOZHI_VAD_PAUSE_MS = env_int("XIAOZHI_VAD_PAUSE_MS", 200, 0, 5000)
+XIAOZHI_TURN_PROVIDER = env_str("XIAOZHI_TURN_PROVIDER", "smart_turn")
+XIAOZHI_END_OF_TURN_THRESHOLD = env_float("XIAOZHI_END_OF_TURN_THRESHOLD", 0.5, 0.0)
 XIAOZHI_VAD_THRESHOLD = env_float("XIAOZHI_VAD_THRESHOLD", 0.5, 0.0)
 XIAOZHI_MAX_UTTERANCE_SECONDS = env_float("XIAOZHI_MAX_UTTERANCE_SECONDS", 30.0, 1.0)
 # How uplink audio reaches the VAD (voice/workers/vad_batcher.py): "cross_session" scores many sessions'

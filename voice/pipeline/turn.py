@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from voice.pipeline.listener import Utterance
 from voice.pipeline.pacer import Pacer
 from voice.pipeline.sentences import SentenceSplitter, clean_for_speech
+from voice.pipeline.speculation import Transcript, speculative_text
 from voice.pipeline.turn_row import MARKS, TurnRow
 from voice.protocol import Llm, Stt, emotion_for, encode, strip_emoji
 from voice.workers import ServiceBusy, ServiceTimeout
@@ -109,9 +110,10 @@ async def _synthesize_into_pacer(deps: TurnDeps, text: str, record: TurnRecord |
                 await deps.pacer.audio(frame)
 
 
-async def run_turn(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None:
+async def run_turn(deps: TurnDeps, utterance: Utterance, record: TurnRecord, transcript: Transcript | None = None) -> None:
+    """``transcript``: the utterance's speculative transcription (``voice/pipeline/speculation.py``), if any."""
     try:
-        await _run(deps, utterance, record)
+        await _run(deps, utterance, record, transcript)
     except ServiceBusy as exc:
         record.error = f"busy: {exc}"
         log.warning("turn refused: %s", exc)
@@ -131,11 +133,13 @@ async def _apologise(deps: TurnDeps, text: str) -> None:
         await deps.pacer.interrupt()
 
 
-async def _run(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None:
-    started = time.monotonic()
-    text = await deps.services["asr"].call("transcribe", deps.asr, pcm_bytes(utterance.pcm), owner=deps.device_id)
-    record.model_seconds["asr"] = time.monotonic() - started
-    record.mark("asr_done")
+async def _run(deps: TurnDeps, utterance: Utterance, record: TurnRecord, transcript: Transcript | None = None) -> None:
+    text = await speculative_text(transcript, record) if transcript is not None else None
+    if text is None:
+        started = time.monotonic()
+        text = await deps.services["asr"].call("transcribe", deps.asr, pcm_bytes(utterance.pcm), owner=deps.device_id)
+        record.model_seconds["asr"] = time.monotonic() - started
+        record.mark("asr_done")
     text = strip_emoji(text or "").strip()
     record.user_text = text
     if not clean_for_speech(text):

@@ -17,7 +17,7 @@ from voice.providers.base import ASRProvider, LLMProvider, ProviderUnavailable, 
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("vad", "asr", "llm", "tts")
+KINDS = ("vad", "asr", "llm", "tts", "turn")  # turn: end-of-turn detection, beside the VAD
 SETTING = {kind: f"XIAOZHI_{kind.upper()}_PROVIDER" for kind in KINDS}
 
 _lock = threading.RLock()
@@ -100,6 +100,18 @@ def _edge():
     )
 
 
+def _smart_turn():
+    from voice.providers.turn.smart_turn import SmartTurn
+
+    return SmartTurn()
+
+
+def _silence_only():
+    from voice.providers.turn.smart_turn import SilenceOnly
+
+    return SilenceOnly()
+
+
 def _fake(kind: str) -> Callable[[], object]:
     def build():
         from voice.providers import fake
@@ -114,6 +126,7 @@ BUILDERS: dict[str, dict[str, Callable[[], object]]] = {
     "asr": {"whisper": _whisper, "funasr": _funasr, "fake": _fake("asr")},
     "llm": {"smollm2": _smollm2, "openai": _openai, "fake": _fake("llm")},
     "tts": {"piper": _piper, "edge": _edge, "fake": _fake("tts")},
+    "turn": {"smart_turn": _smart_turn, "silence": _silence_only},
 }
 # Display names (the admin's agent form); a provider without one is shown by its name.
 LABELS = {
@@ -125,6 +138,8 @@ LABELS = {
     "piper": "Piper (bundled)",
     "edge": "Edge TTS (online)",
     "fake": "Fake (tests)",
+    "smart_turn": "Smart Turn v3 (bundled)",
+    "silence": "Silence only",
 }
 
 
@@ -178,6 +193,11 @@ def get_llm(name: str | None = None) -> LLMProvider:
 
 def get_tts(name: str | None = None) -> TTSProvider:
     return _get("tts", name)
+
+
+def get_turn(name: str | None = None):
+    """The end-of-turn model (``probability(pcm) -> float | None``), shared like the VAD."""
+    return _get("turn", name)
 
 
 def preload(kinds=KINDS) -> dict[str, float]:
