@@ -231,6 +231,11 @@ XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS = env_float("XIAOZHI_LLM_BREAKER_COOLDOWN_S
 XIAOZHI_EDGE_TTS_VOICE = env_str("XIAOZHI_EDGE_TTS_VOICE", "en-US-AriaNeural")
 XIAOZHI_EDGE_TTS_URL = env_str("XIAOZHI_EDGE_TTS_URL")
 XIAOZHI_MODEL_THREADS = env_int("XIAOZHI_MODEL_THREADS", 2, 1, 64)
+# LLM generation in this process pauses (at most this long per token, 0 = never) while a reply's first
+# clause is being synthesised, so the first audio does not share the cores with the rest of the reply.
+XIAOZHI_FIRST_AUDIO_HOLD_MS = env_int("XIAOZHI_FIRST_AUDIO_HOLD_MS", 300, 0, 5000)
+# A reply's first piece is spoken after this many complete words even without punctuation (0 = wait for it).
+XIAOZHI_FIRST_CLAUSE_MAX_WORDS = env_int("XIAOZHI_FIRST_CLAUSE_MAX_WORDS", 6, 0, 100)
 # Load and warm every configured model when the server starts (off in most tests, which load lazily).
 XIAOZHI_PRELOAD_MODELS = env_bool("XIAOZHI_PRELOAD_MODELS", True)
 # --- Monitoring ---------------------------------------------------------------------------------------

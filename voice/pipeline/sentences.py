@@ -5,6 +5,9 @@ few words (fast first audio); later pieces end at sentence punctuation, where pr
 a comma once they have ten words: a long sentence would otherwise keep the device waiting after the
 short first clause (on 2 cores with five answers at once, a 2 s gap every time; none with this cut). A
 period only ends a sentence when followed by a space or the end of the reply ("3.5" stays whole).
+A first piece with no punctuation yet is cut after ``first_clause_max_words`` complete words
+(XIAOZHI_FIRST_CLAUSE_MAX_WORDS): the device hears the start of a long first sentence while the
+rest is still being written.
 """
 from __future__ import annotations
 
@@ -30,7 +33,14 @@ def _word_count(text: str) -> int:
 
 
 class SentenceSplitter:
-    def __init__(self, first_clause_min_words: int = 4, later_clause_min_words: int = 10, max_chars: int = 240):
+    def __init__(self, first_clause_min_words: int = 4, later_clause_min_words: int = 10, max_chars: int = 240,
+                 first_clause_max_words: int | None = None):
+        """``first_clause_max_words``: None reads XIAOZHI_FIRST_CLAUSE_MAX_WORDS; 0 never cuts without punctuation."""
+        if first_clause_max_words is None:
+            from django.conf import settings
+
+            first_clause_max_words = getattr(settings, "XIAOZHI_FIRST_CLAUSE_MAX_WORDS", 0)
+        self.first_clause_max_words = first_clause_max_words
         self.first_clause_min_words = first_clause_min_words
         self.later_clause_min_words = later_clause_min_words
         self.max_chars = max_chars
@@ -74,4 +84,8 @@ class SentenceSplitter:
         if len(text) > self.max_chars:
             space = text.rfind(" ", 0, self.max_chars)
             return space if space > 0 else self.max_chars
+        if self._emitted == 0 and self.first_clause_max_words:
+            space = text.rstrip().rfind(" ")  # the words before it are complete; the last may not be
+            if space > 0 and _word_count(text[:space]) >= self.first_clause_max_words:
+                return space
         return None

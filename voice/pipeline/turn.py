@@ -23,7 +23,7 @@ from voice.pipeline.sentences import SentenceSplitter, clean_for_speech
 from voice.pipeline.speculation import Transcript, speculative_text
 from voice.pipeline.turn_row import MARKS, TurnRow
 from voice.protocol import Llm, Stt, emotion_for, encode, strip_emoji
-from voice.workers import ServiceBusy, ServiceTimeout
+from voice.workers import ServiceBusy, ServiceTimeout, first_audio
 from voice.workers.operations import pcm_bytes
 
 log = logging.getLogger(__name__)
@@ -95,19 +95,27 @@ async def _synthesize_into_pacer(deps: TurnDeps, text: str, record: TurnRecord |
     await deps.pacer.sentence(text)
     started = time.monotonic()
     first = True
+    # A reply's first clause: generation in this process pauses until its first audio (``first_audio``).
+    hold = first_audio.gate().hold() if record is not None and "tts_first_audio" not in record.marks else None
     # Resampled and Opus-encoded where the voice is synthesised: only finished frames come back.
     # Due when this device's playout runs dry (now, for a first sentence): sentences of several
     # answers playing at once are synthesised earliest deadline first.
     stream = deps.services["tts"].stream("tts_frames", deps.tts, text, deps.voice, deps.output_rate,
                                          owner=deps.device_id, deadline=deps.pacer.runs_dry_at())
-    async with aclosing(stream):  # closed at once on abort, so the worker is freed
-        async for frames in stream:
-            if first and record is not None:
-                record.mark("tts_first_audio")
-                record.model_seconds.setdefault("tts_first_audio", time.monotonic() - started)
-            first = False
-            for frame in frames:
-                await deps.pacer.audio(frame)
+    try:
+        async with aclosing(stream):  # closed at once on abort, so the worker is freed
+            async for frames in stream:
+                if hold is not None:
+                    hold.release()
+                if first and record is not None:
+                    record.mark("tts_first_audio")
+                    record.model_seconds.setdefault("tts_first_audio", time.monotonic() - started)
+                first = False
+                for frame in frames:
+                    await deps.pacer.audio(frame)
+    finally:
+        if hold is not None:
+            hold.release()
 
 
 async def run_turn(deps: TurnDeps, utterance: Utterance, record: TurnRecord, transcript: Transcript | None = None) -> None:

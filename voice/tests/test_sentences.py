@@ -46,3 +46,13 @@ def test_a_run_on_reply_is_cut_before_it_grows_unbounded():
 
 def test_markdown_and_emoji_are_not_read_aloud():
     assert clean_for_speech("**Sure!** 😀 Here is `code`") == "Sure! Here is code"
+
+
+def test_a_long_first_sentence_is_spoken_after_a_few_complete_words():
+    splitter = SentenceSplitter(first_clause_max_words=6)
+    pieces = feed_all(splitter, ["The tallest mountain in the whole wor", "ld is Mount Everest, in Nepal. It is very high."])
+    assert pieces == ["The tallest mountain in the whole", "world is Mount Everest, in Nepal.", "It is very high."]
+    # a short first sentence is not cut; 0 waits for punctuation however long it takes
+    assert feed_all(SentenceSplitter(first_clause_max_words=6), ["The capital is Paris. Yes."]) == ["The capital is Paris.", "Yes."]
+    assert feed_all(SentenceSplitter(first_clause_max_words=0), ["One two three four five six seven eight nine."]) == [
+        "One two three four five six seven eight nine."]

@@ -19,6 +19,7 @@ import numpy as np
 from voice.audio.opus import OpusEncoder
 from voice.audio.resample import resample
 from voice.providers import registry
+from voice.workers import first_audio
 
 PCM_DTYPE = np.float32  # utterances are float32 16 kHz mono; sent as their raw bytes (exact, no base64)
 
@@ -69,7 +70,10 @@ def reply_stream(llm_name: str, messages: list[dict], model: str | None = None, 
     """Text deltas of the assistant's reply; ``model`` picks one of the provider's models (the
     agent's ``llm_model``), for providers that serve several."""
     llm = registry.get_llm(llm_name)
-    yield from llm.stream(messages, cancel, model=model) if model else llm.stream(messages, cancel)
+    gate = first_audio.gate()
+    for delta in llm.stream(messages, cancel, model=model) if model else llm.stream(messages, cancel):
+        yield delta
+        gate.wait(cancel)  # no next token while a first clause is being synthesised (``first_audio``)
 
 
 @operation("tts_frames", streams=True)
