@@ -21,6 +21,7 @@ from enum import Enum
 
 from voice import live_stats
 from voice.activation import ActivationPrompt
+from voice.pipeline import end_of_turn
 from voice.pipeline.listener import Listener, Pause, SpeechResumed, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
 from voice.pipeline.pacer import Pacer
@@ -143,7 +144,7 @@ class VoiceSession:
             threshold=config.vad_threshold,
             max_seconds=config.max_utterance_seconds,
             pause_ms=config.vad_pause_ms,
-            end_of_turn=registry.get_turn() if config.vad_pause_ms else None,
+            end_of_turn=end_of_turn.load_model() if config.vad_pause_ms else None,
         )
         self.speculation = SpeculativeASR(self._transcribe, self._end_of_turn, threshold=config.end_of_turn_threshold,
                                           has_room=self._asr_has_room)

@@ -9,7 +9,10 @@ silence, as without a model, so a mid-sentence pause is never cut earlier than b
 """
 from __future__ import annotations
 
+import logging
 import re
+
+log = logging.getLogger(__name__)
 
 # English words a sentence rarely ends on: articles and determiners, prepositions, conjunctions,
 # subject pronouns, and verbs that announce what comes next. Erring on the side of waiting only
@@ -38,3 +41,16 @@ def words_look_complete(text: str) -> bool:
 def ends_turn(probability: float | None, transcript: str, threshold: float) -> bool:
     """Answer now, before the full silence? Only on a confident model and a complete-looking text."""
     return probability is not None and probability >= threshold and words_look_complete(transcript)
+
+
+def load_model():
+    """The configured end-of-turn model, or None (silence alone ends turns) if it cannot load: a
+    missing model file costs speed, never the device's session (``manage.py check`` names it)."""
+    from voice.providers import registry
+    from voice.providers.base import ProviderUnavailable
+
+    try:
+        return registry.get_turn()
+    except ProviderUnavailable as exc:
+        log.warning("end-of-turn model unavailable, silence alone ends turns: %s", exc)
+        return None

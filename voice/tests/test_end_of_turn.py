@@ -150,3 +150,12 @@ async def test_closing_the_session_during_a_speculation_cancels_it():
         task = c.session.speculation._current.task
     await asyncio.sleep(0)
     assert task.cancelled() or task.done()
+
+
+def test_an_end_of_turn_model_that_cannot_load_leaves_silence_to_end_turns():
+    from django.test import override_settings
+
+    from voice.pipeline.end_of_turn import load_model
+
+    with override_settings(XIAOZHI_TURN_PROVIDER="no-such-model"):
+        assert load_model() is None
