@@ -144,10 +144,10 @@ class VoiceSession:
             threshold=config.vad_threshold,
             max_seconds=config.max_utterance_seconds,
             pause_ms=config.vad_pause_ms,
-            end_of_turn=end_of_turn.load_model() if config.vad_pause_ms else None,
         )
-        self.speculation = SpeculativeASR(self._transcribe, self._end_of_turn, threshold=config.end_of_turn_threshold,
-                                          has_room=self._asr_has_room)
+        self._turn_model = end_of_turn.load_model() if config.vad_pause_ms else None
+        self.speculation = SpeculativeASR(self._transcribe, self._end_of_turn, judge=self._judge,
+                                          threshold=config.end_of_turn_threshold, has_room=self._asr_has_room)
         self.history: collections.deque = collections.deque(maxlen=config.history_turns)
         self.idle = IdleWatch(config.idle_timeout, activated=config.activated,
                               unbound_session_seconds=config.unbound_session_seconds)
@@ -352,6 +352,13 @@ class VoiceSession:
     async def _transcribe(self, utterance: Utterance) -> str:
         deps = self._deps()
         return await deps.services["asr"].call("transcribe", deps.asr, pcm_bytes(utterance.pcm), owner=deps.device_id)
+
+    async def _judge(self, utterance: Utterance) -> float | None:
+        """The end-of-turn model's opinion of a pause, on the VAD's thread (in this process)."""
+        if self._turn_model is None:
+            return None
+        services = self.services or default_services()
+        return await services["vad"].run(self._turn_model.probability, utterance.pcm, owner=self.config.device_id)
 
     def _asr_has_room(self) -> bool:
         busy = (self.services or default_services())["asr"].occupancy()

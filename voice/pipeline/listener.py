@@ -53,13 +53,12 @@ class Utterance:
 
 @dataclass(frozen=True)
 class Pause:
-    """Speech stopped ``pause_ms`` ago: the utterance so far, as it would be cut now, and the
-    end-of-turn model's probability that the speaker has finished (None: no opinion). The session
-    may transcribe it speculatively (``voice/pipeline/speculation.py``); the listener keeps
-    listening and still cuts at the full silence."""
+    """Speech stopped ``pause_ms`` ago: the utterance so far, as it would be cut now. The session
+    may transcribe it speculatively and ask whether the turn is over
+    (``voice/pipeline/speculation.py``); the listener keeps listening and still cuts at the full
+    silence."""
 
     utterance: Utterance
-    probability: float | None
 
 
 @dataclass(frozen=True)
@@ -74,16 +73,14 @@ Event = SpeechStarted | Pause | SpeechResumed | Utterance
 
 class Listener:
     def __init__(self, vad: VADModel, *, silence_ms: int, threshold: float, max_seconds: float, mode: str = "auto",
-                 pause_ms: int = 0, end_of_turn=None):
+                 pause_ms: int = 0):
         """``pause_ms`` (0: never): silence after which a ``Pause`` is reported, before the full
-        ``silence_ms`` that cuts; ``end_of_turn``: a model with ``probability(pcm)`` asked at each
-        pause (``voice/providers/turn``), run here on the VAD thread (~30 ms)."""
+        ``silence_ms`` that cuts."""
         self.decoder = OpusDecoder(SAMPLE_RATE, 1)
         self.vad = vad
         self.vad_stream = vad.new_stream()
         self.silence_ms = silence_ms
         self.pause_ms = pause_ms if 0 < pause_ms < silence_ms else 0
-        self.end_of_turn = end_of_turn
         self.threshold = threshold
         self.release_threshold = max(threshold - 0.15, 0.05)
         self.max_samples = int(max_seconds * SAMPLE_RATE)
@@ -232,13 +229,7 @@ class Listener:
 
     def _pause(self) -> Pause:
         pcm = np.concatenate(self.buffer) if self.buffer else np.zeros(0, np.float32)
-        probability = None
-        if self.end_of_turn is not None:
-            try:
-                probability = self.end_of_turn.probability(pcm)
-            except Exception:  # noqa: BLE001 - the model is an optimisation: silence still ends the turn
-                live_stats.incr("errors:end_of_turn")
-        return Pause(Utterance(pcm, self.last_voice_at, "end_of_turn"), probability)
+        return Pause(Utterance(pcm, self.last_voice_at, "end_of_turn"))
 
     def _append(self, pcm: np.ndarray) -> None:
         self.buffer.append(pcm)

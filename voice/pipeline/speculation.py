@@ -7,11 +7,12 @@ hides most of the ASR time in the silence the turn would wait anyway. Three endi
   ``discard``-ed; a call still queued never runs, one already running ends unheard;
 - the full silence cuts the utterance: ``take`` hands the transcription (finished or still running)
   to the turn, so the turn makes no second ASR call;
-- the transcription finishes first and the pause sounds and reads like a finished turn
-  (``end_of_turn.ends_turn``): ``on_end`` is called with the utterance and its text, and the turn
-  starts before the full silence.
+- the transcription is ready before the full silence, its words do not trail off, and the
+  end-of-turn model (``judge``, asked only then, so it never delays the ASR) hears a finished turn
+  (``end_of_turn.ends_turn``): ``on_end`` is called with the utterance and its transcript, and the
+  turn starts before the full silence.
 
-One speculation at a time per session; its task is owned here until a turn takes it.
+One speculation at a time per session; its tasks are owned here until a turn takes the transcript.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from voice import live_stats
-from voice.pipeline.end_of_turn import ends_turn
+from voice.pipeline.end_of_turn import ends_turn, words_look_complete
 from voice.pipeline.listener import Pause, Utterance
 
 log = logging.getLogger(__name__)
@@ -37,19 +38,27 @@ class Transcript:
     finished: float | None = None  # time.monotonic() it returned
 
 
+async def _no_opinion(utterance: Utterance) -> float | None:
+    return None
+
+
 class SpeculativeASR:
     def __init__(self, transcribe: Callable[[Utterance], Awaitable[str]],
-                 on_end: Callable[[Utterance, Transcript], None], *, threshold: float = 0.5,
+                 on_end: Callable[[Utterance, Transcript], None], *,
+                 judge: Callable[[Utterance], Awaitable[float | None]] = _no_opinion, threshold: float = 0.5,
                  has_room: Callable[[], bool] = lambda: True):
         """``transcribe``: the ASR call; ``on_end``: start the turn now (the pause ended it);
-        ``has_room``: whether the ASR has a free slot now. Speculation only uses idle capacity:
-        with others waiting, a guess that may be thrown away must not delay their turns."""
+        ``judge``: the end-of-turn model's probability that the speaker has finished (None: no
+        opinion); ``has_room``: whether the ASR has a free slot now. Speculation only uses idle
+        capacity: with others waiting, a guess that may be thrown away must not delay their turns."""
         self._transcribe = transcribe
-        self._has_room = has_room
         self._on_end = on_end
+        self._judge = judge
+        self._has_room = has_room
         self.threshold = threshold
         self._pause: Pause | None = None
         self._current: Transcript | None = None
+        self._judging: asyncio.Task | None = None
 
     @property
     def pending(self) -> bool:
@@ -64,21 +73,33 @@ class SpeculativeASR:
         task = asyncio.create_task(self._transcribe(pause.utterance), name="speculative-asr")
         self._pause, self._current = pause, Transcript(task, started)
         live_stats.incr("speculative_asr")
-        task.add_done_callback(lambda t, current=self._current: self._finished(current))
+        task.add_done_callback(lambda t, current=self._current: self._transcribed(current))
 
-    def _finished(self, transcript: Transcript) -> None:
+    def _transcribed(self, transcript: Transcript) -> None:
         transcript.finished = time.monotonic()
         if transcript is not self._current or transcript.task.cancelled() or transcript.task.exception() is not None:
             return
-        pause = self._pause
-        if ends_turn(pause.probability, transcript.task.result(), self.threshold):
-            self._pause = self._current = None
+        if words_look_complete(transcript.task.result()):  # only then can the model end the turn
+            self._judging = asyncio.create_task(self._decide(self._pause, transcript), name="end-of-turn")
+
+    async def _decide(self, pause: Pause, transcript: Transcript) -> None:
+        try:
+            probability = await self._judge(pause.utterance)
+        except Exception as exc:  # noqa: BLE001 - the model is an optimisation: silence still ends the turn
+            live_stats.incr("errors:end_of_turn")
+            log.info("end-of-turn model failed: %s", exc)
+            return
+        if transcript is not self._current:
+            return  # speech resumed, or the full silence took it, while the model ran
+        if ends_turn(probability, transcript.task.result(), self.threshold):
+            self._pause = self._current = self._judging = None
             live_stats.incr("end_of_turn_early")
             self._on_end(pause.utterance, transcript)
 
     def take(self) -> Transcript | None:
         """The full silence cut the paused utterance (no voice since): its transcription, if any."""
         transcript, self._pause, self._current = self._current, None, None
+        self._stop_judging()
         if transcript is not None:
             live_stats.incr("speculative_asr_used")
         return transcript
@@ -86,10 +107,16 @@ class SpeculativeASR:
     def discard(self) -> None:
         """The speaker went on, or the session moved on: forget the speculation, stop its call."""
         transcript, self._pause, self._current = self._current, None, None
-        if transcript is not None and not transcript.task.done():
-            transcript.task.cancel()
+        self._stop_judging()
         if transcript is not None:
+            if not transcript.task.done():
+                transcript.task.cancel()
             live_stats.incr("speculative_asr_discarded")
+
+    def _stop_judging(self) -> None:
+        judging, self._judging = self._judging, None
+        if judging is not None and not judging.done() and judging is not asyncio.current_task():
+            judging.cancel()
 
 
 async def speculative_text(transcript: Transcript, marks) -> str | None:
