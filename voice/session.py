@@ -23,10 +23,11 @@ from voice import live_stats
 from voice.activation import ActivationPrompt
 from voice.conf import mcp_limits
 from voice.mcp import McpClient
-from voice.pipeline import phrase_cache
-from voice.pipeline.listener import Listener, SpeechStarted, Utterance
+from voice.pipeline import end_of_turn, phrase_cache
+from voice.pipeline.listener import Listener, Pause, SpeechResumed, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
 from voice.pipeline.pacer import Pacer
+from voice.pipeline.speculation import SpeculativeASR, Transcript
 from voice.pipeline.tool_loop import start_device_tools
 from voice.pipeline.turn import TurnDeps, TurnRecord, prefill_next_turn, run_turn
 from voice.protocol import (
@@ -54,6 +55,7 @@ from voice.tools.model import Tool, ToolResult
 from voice.watchdogs import IdleWatch, watch_hello
 from voice.workers import ServiceBusy, ServiceTimeout
 from voice.workers import services as default_services
+from voice.workers.operations import pcm_bytes
 from voice.workers.vad_batcher import hear
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,8 @@ class SessionConfig:
     idle_timeout: float = 120.0
     unbound_session_seconds: float = 180.0
     vad_silence_ms: int = 500
+    vad_pause_ms: int = 200  # a pause this long starts speculative ASR and the end-of-turn check; 0: off
+    end_of_turn_threshold: float = 0.5
     vad_threshold: float = 0.5
     max_utterance_seconds: float = 30.0
     history_turns: int = 6
@@ -111,6 +115,8 @@ class SessionConfig:
             idle_timeout=settings.XIAOZHI_IDLE_TIMEOUT_SECONDS,
             unbound_session_seconds=settings.XIAOZHI_UNBOUND_SESSION_SECONDS,
             vad_silence_ms=settings.XIAOZHI_VAD_SILENCE_MS,
+            vad_pause_ms=settings.XIAOZHI_VAD_PAUSE_MS,
+            end_of_turn_threshold=settings.XIAOZHI_END_OF_TURN_THRESHOLD,
             vad_threshold=settings.XIAOZHI_VAD_THRESHOLD,
             max_utterance_seconds=settings.XIAOZHI_MAX_UTTERANCE_SECONDS,
             history_turns=settings.XIAOZHI_HISTORY_TURNS,
@@ -153,7 +159,11 @@ class VoiceSession:
             silence_ms=config.vad_silence_ms,
             threshold=config.vad_threshold,
             max_seconds=config.max_utterance_seconds,
+            pause_ms=config.vad_pause_ms,
         )
+        self._turn_model = end_of_turn.load_model() if config.vad_pause_ms else None
+        self.speculation = SpeculativeASR(self._transcribe, self._end_of_turn, judge=self._judge,
+                                          threshold=config.end_of_turn_threshold, has_room=self._asr_has_room)
         self.history: collections.deque = collections.deque(maxlen=config.history_turns)
         self.idle = IdleWatch(config.idle_timeout, activated=config.activated,
                               unbound_session_seconds=config.unbound_session_seconds)
@@ -196,6 +206,7 @@ class VoiceSession:
         current = asyncio.current_task()  # a task of ours closing the session (end_conversation) runs on
         if self._turn and self._turn is not current:
             self._turn.cancel()
+        self.speculation.discard()
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
@@ -308,6 +319,7 @@ class VoiceSession:
                 await self.abort("listen start while speaking")
             self.mode = listen.mode or "auto"
             self.listener.reset(self.mode)
+            self.speculation.discard()
             self._pending.clear()
             self._phase = LISTENING
             if not self.config.activated:
@@ -317,12 +329,13 @@ class VoiceSession:
                 await self._drain_input()
                 utterance = self.listener.finish()
                 if utterance is not None:
-                    self._start_turn(utterance)
+                    self._start_turn(utterance, self.speculation.take())
                 elif self.mode == "manual":
                     self._phase = IDLE
         elif listen.state == "detect":
             # The wake word itself was just streamed: do not answer it as a question.
             self.listener.reset()
+            self.speculation.discard()
             self._pending.clear()
             if self.config.wake_greeting and self.config.activated and self.state not in (THINKING, SPEAKING):
                 self._turn = self._greeting = self._spawn(
@@ -344,6 +357,7 @@ class VoiceSession:
         listening (auto, realtime) or idle (manual), with nothing half-heard kept."""
         self._phase = self._resting
         self.listener.reset()
+        self.speculation.discard()
         self._pending.clear()
 
     # -- commands from the admin (devices/device_commands.py, over the channel layer) ---------------------
@@ -405,8 +419,12 @@ class VoiceSession:
                 self.touch()
                 if self.mode == "realtime" and self.state in (THINKING, SPEAKING):
                     await self.abort("barge-in")
+            elif isinstance(event, Pause) and self.state == LISTENING:
+                self.speculation.on_pause(event)
+            elif isinstance(event, SpeechResumed):
+                self.speculation.discard()
             elif isinstance(event, Utterance) and self.state == LISTENING:
-                self._start_turn(event)
+                self._start_turn(event, self.speculation.take())
 
     def _lost_audio(self, batch: list, exc: Exception) -> None:
         live_stats.incr("audio_lost", len(batch))
@@ -414,16 +432,44 @@ class VoiceSession:
         log.warning("session %s: %d audio packets lost: %s", self.config.session_id, len(batch), exc)
 
     # -- turns ------------------------------------------------------------------------------------------------
-    def _start_turn(self, utterance: Utterance) -> None:
+    async def _transcribe(self, utterance: Utterance) -> str:
+        deps = self._deps()
+        return await deps.services["asr"].call("transcribe", deps.asr, pcm_bytes(utterance.pcm), owner=deps.device_id)
+
+    async def _judge(self, utterance: Utterance) -> float | None:
+        """The end-of-turn model's opinion of a pause, on the VAD's thread (in this process)."""
+        if self._turn_model is None:
+            return None
+        services = self.services or default_services()
+        return await services["vad"].run(self._turn_model.probability, utterance.pcm, owner=self.config.device_id)
+
+    def _asr_has_room(self) -> bool:
+        busy = (self.services or default_services())["asr"].occupancy()
+        return busy["queued"] == 0 and busy["utilisation"] < 1
+
+    def _end_of_turn(self, utterance: Utterance, transcript: Transcript) -> None:
+        """The pause sounded and read like the end of the turn (``speculation``): answer now,
+        without waiting for the full silence; what is heard after the pause is dropped, as after
+        any cut."""
+        if self.state != LISTENING or self.closed:
+            transcript.task.cancel()
+            return
+        self.listener.reset()
+        self._pending.clear()
+        self._start_turn(utterance, transcript)
+
+    def _start_turn(self, utterance: Utterance, transcript: Transcript | None = None) -> None:
         self.touch()
         if not self.config.activated:
+            if transcript is not None:
+                transcript.task.cancel()
             self._turn = self._spawn(self.activation.say(self._deps(), force=True), "activation")
             return
         now_loop = asyncio.get_running_loop().time()
         ago = time.monotonic() - utterance.speech_end
         record = TurnRecord(speech_end=now_loop - ago, speech_end_wall=time.time() - ago)
         self._phase = THINKING
-        self._turn = self._spawn(self._turn_task(utterance, record), "turn")
+        self._turn = self._spawn(self._turn_task(utterance, record, transcript), "turn")
 
     def _deps(self) -> TurnDeps:
         return TurnDeps(
@@ -444,12 +490,12 @@ class VoiceSession:
             tool_max_steps=self.config.tool_max_steps,
         )
 
-    async def _turn_task(self, utterance: Utterance, record: TurnRecord) -> None:
+    async def _turn_task(self, utterance: Utterance, record: TurnRecord, transcript: Transcript | None = None) -> None:
         deps = self._deps()
         live_stats.gauge_add("active_turns", 1)
         stored: asyncio.Task | None = None
         try:
-            await run_turn(deps, utterance, record)
+            await run_turn(deps, utterance, record, transcript)
             if not record.error and not record.end_conversation:
                 self._spawn(prefill_next_turn(deps), "prefill")
         except asyncio.CancelledError:

@@ -33,8 +33,8 @@ application = ProtocolTypeRouter(
 if settings.XIAOZHI_PRELOAD_MODELS:
     from voice.providers.registry import KINDS, preload
 
-    # With Celery workers the server itself runs only the VAD; the workers load the other models.
-    preload(("vad",) if settings.XIAOZHI_WORKER_BACKEND == "celery" else KINDS)
+    # With Celery workers the server itself runs only the VAD (and the end-of-turn model beside it); the workers load the other models.
+    preload(("vad", "turn") if settings.XIAOZHI_WORKER_BACKEND == "celery" else KINDS)
 
 # Metric snapshots and alert evaluation on the embedded default (Celery beat does it with Redis).
 from monitoring.scheduler import start_if_configured  # noqa: E402

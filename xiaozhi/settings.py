@@ -231,6 +231,13 @@ XIAOZHI_HELLO_TIMEOUT_SECONDS = env_float("XIAOZHI_HELLO_TIMEOUT_SECONDS", PERFO
 XIAOZHI_IDLE_TIMEOUT_SECONDS = env_float("XIAOZHI_IDLE_TIMEOUT_SECONDS", 120.0, 1.0)
 XIAOZHI_UNBOUND_SESSION_SECONDS = env_float("XIAOZHI_UNBOUND_SESSION_SECONDS", 180.0, 1.0)
 XIAOZHI_VAD_SILENCE_MS = env_int("XIAOZHI_VAD_SILENCE_MS", 500, 100, 5000)
+# A pause this long (ms, 0 = off) starts the utterance's ASR speculatively and asks the end-of-turn model
+# (XIAOZHI_TURN_PROVIDER: smart_turn, or silence = none) whether the speaker has finished; a turn that sounds
+# (probability >= XIAOZHI_END_OF_TURN_THRESHOLD) and reads finished is answered as soon as its transcript is
+# ready, anything else at XIAOZHI_VAD_SILENCE_MS with the same transcript (voice/pipeline/speculation.py).
+XIAOZHI_VAD_PAUSE_MS = env_int("XIAOZHI_VAD_PAUSE_MS", 200, 0, 5000)
+XIAOZHI_TURN_PROVIDER = env_str("XIAOZHI_TURN_PROVIDER", "smart_turn")
+XIAOZHI_END_OF_TURN_THRESHOLD = env_float("XIAOZHI_END_OF_TURN_THRESHOLD", 0.5, 0.0)
 XIAOZHI_VAD_THRESHOLD = env_float("XIAOZHI_VAD_THRESHOLD", 0.5, 0.0)
 XIAOZHI_MAX_UTTERANCE_SECONDS = env_float("XIAOZHI_MAX_UTTERANCE_SECONDS", 30.0, 1.0)
 # How uplink audio reaches the VAD (voice/workers/vad_batcher.py): "cross_session" scores many sessions'
@@ -344,6 +351,11 @@ XIAOZHI_VISION_MAX_IMAGE_BYTES = env_int("XIAOZHI_VISION_MAX_IMAGE_BYTES", 2 * 1
 # Keep each photo in the database beside its question (bounded by the size limit above); off = size only.
 XIAOZHI_VISION_KEEP_IMAGES = env_bool("XIAOZHI_VISION_KEEP_IMAGES", False)
 XIAOZHI_MODEL_THREADS = env_int("XIAOZHI_MODEL_THREADS", 2, 1, 64)
+# LLM generation in this process pauses (at most this long per token, 0 = never) while a reply's first
+# clause is being synthesised, so the first audio does not share the cores with the rest of the reply.
+XIAOZHI_FIRST_AUDIO_HOLD_MS = env_int("XIAOZHI_FIRST_AUDIO_HOLD_MS", 300, 0, 5000)
+# A reply's first piece is spoken after this many complete words even without punctuation (0 = wait for it).
+XIAOZHI_FIRST_CLAUSE_MAX_WORDS = env_int("XIAOZHI_FIRST_CLAUSE_MAX_WORDS", 6, 0, 100)
 # Load and warm every configured model when the server starts (off in most tests, which load lazily).
 XIAOZHI_PRELOAD_MODELS = env_bool("XIAOZHI_PRELOAD_MODELS", True)
 # --- Monitoring ---------------------------------------------------------------------------------------

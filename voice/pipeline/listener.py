@@ -51,12 +51,36 @@ class Utterance:
         return len(self.pcm) / SAMPLE_RATE
 
 
+@dataclass(frozen=True)
+class Pause:
+    """Speech stopped ``pause_ms`` ago: the utterance so far, as it would be cut now. The session
+    may transcribe it speculatively and ask whether the turn is over
+    (``voice/pipeline/speculation.py``); the listener keeps listening and still cuts at the full
+    silence."""
+
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Voice again after a ``Pause``: whatever was begun on the paused utterance is obsolete."""
+
+    at: float
+
+
+Event = SpeechStarted | Pause | SpeechResumed | Utterance
+
+
 class Listener:
-    def __init__(self, vad: VADModel, *, silence_ms: int, threshold: float, max_seconds: float, mode: str = "auto"):
+    def __init__(self, vad: VADModel, *, silence_ms: int, threshold: float, max_seconds: float, mode: str = "auto",
+                 pause_ms: int = 0):
+        """``pause_ms`` (0: never): silence after which a ``Pause`` is reported, before the full
+        ``silence_ms`` that cuts."""
         self.decoder = OpusDecoder(SAMPLE_RATE, 1)
         self.vad = vad
         self.vad_stream = vad.new_stream()
         self.silence_ms = silence_ms
+        self.pause_ms = pause_ms if 0 < pause_ms < silence_ms else 0
         self.threshold = threshold
         self.release_threshold = max(threshold - 0.15, 0.05)
         self.max_samples = int(max_seconds * SAMPLE_RATE)
@@ -69,6 +93,7 @@ class Listener:
 
     def _reset_utterance(self) -> None:
         self.in_speech = False
+        self.paused = False  # a Pause was reported for the current silence
         self.voiced_run = 0
         self.silent_ms = 0.0
         self.buffer: list[np.ndarray] = []
@@ -100,7 +125,7 @@ class Listener:
         return self.generation != self._applied_generation
 
     # -- the hot path ------------------------------------------------------------------------------------
-    def feed(self, packets: list[tuple[bytes, float]]) -> list[SpeechStarted | Utterance]:
+    def feed(self, packets: list[tuple[bytes, float]]) -> list[Event]:
         """Decode, score and cut one session's packets on its own: one model run per 32 ms chunk.
         The cross-session batcher (``voice/workers/vad_batcher.py``) runs the same three steps, scoring many
         sessions' chunks together in between."""
@@ -124,7 +149,7 @@ class Listener:
         to_score = [] if self.mode == "manual" else [pcm for pcm, _ in items if pcm is not None]
         return DecodedBatch(items, to_score, self.mode, self._applied_generation)
 
-    def apply(self, batch: DecodedBatch, probs: list[list[float]]) -> list[SpeechStarted | Utterance]:
+    def apply(self, batch: DecodedBatch, probs: list[list[float]]) -> list[Event]:
         """Step 3: run the utterance state machine over the packets, ``probs[i]`` being the VAD
         scores of ``batch.to_score[i]``."""
         if len(probs) != len(batch.to_score):
@@ -132,7 +157,7 @@ class Listener:
         if batch.generation != self.generation:
             return []  # reset while these packets were being scored: they belong to the old utterance
         scores = iter(probs)
-        events: list[SpeechStarted | Utterance] = []
+        events: list[Event] = []
         for pcm, arrived in batch.items:
             if pcm is None:
                 self._silence(60.0, events)
@@ -163,6 +188,9 @@ class Listener:
         if voiced:
             self.last_voice_at = arrived
             self.silent_ms = 0.0
+            if self.paused:
+                self.paused = False
+                events.append(SpeechResumed(arrived))
         elif all(p < self.release_threshold for p in probs):
             self._count_silence(len(pcm) * 1000 / SAMPLE_RATE, events)
         if self.in_speech and self.buffered_samples >= self.max_samples:
@@ -195,6 +223,13 @@ class Listener:
         self.silent_ms += ms
         if self.silent_ms >= self.silence_ms:
             events.append(self._cut("vad"))
+        elif self.pause_ms and not self.paused and self.silent_ms >= self.pause_ms:
+            self.paused = True
+            events.append(self._pause())
+
+    def _pause(self) -> Pause:
+        pcm = np.concatenate(self.buffer) if self.buffer else np.zeros(0, np.float32)
+        return Pause(Utterance(pcm, self.last_voice_at, "end_of_turn"))
 
     def _append(self, pcm: np.ndarray) -> None:
         self.buffer.append(pcm)

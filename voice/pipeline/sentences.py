@@ -11,6 +11,10 @@ Chinese (and Japanese) is written without spaces, so its characters are counted 
 may end at "，" or "、" once it has six characters, a later one at fifteen. Its punctuation, in the
 full-width and small forms too, ends pieces as the ASCII one does; a closing quote or bracket
 already received stays with the sentence it closes.
+
+A first piece with no punctuation yet is cut after ``first_clause_max_words`` complete words
+(XIAOZHI_FIRST_CLAUSE_MAX_WORDS): the device hears the start of a long first sentence while the
+rest is still being written.
 """
 from __future__ import annotations
 
@@ -41,7 +45,14 @@ def _word_count(text: str) -> float:
 
 
 class SentenceSplitter:
-    def __init__(self, first_clause_min_words: int = 4, later_clause_min_words: int = 10, max_chars: int = 240):
+    def __init__(self, first_clause_min_words: int = 4, later_clause_min_words: int = 10, max_chars: int = 240,
+                 first_clause_max_words: int | None = None):
+        """``first_clause_max_words``: None reads XIAOZHI_FIRST_CLAUSE_MAX_WORDS; 0 never cuts without punctuation."""
+        if first_clause_max_words is None:
+            from django.conf import settings
+
+            first_clause_max_words = getattr(settings, "XIAOZHI_FIRST_CLAUSE_MAX_WORDS", 0)
+        self.first_clause_max_words = first_clause_max_words
         self.first_clause_min_words = first_clause_min_words
         self.later_clause_min_words = later_clause_min_words
         self.max_chars = max_chars
@@ -85,6 +96,10 @@ class SentenceSplitter:
         if len(text) > self.max_chars:
             space = text.rfind(" ", 0, self.max_chars)
             return space if space > 0 else self.max_chars
+        if self._emitted == 0 and self.first_clause_max_words:
+            space = text.rstrip().rfind(" ")  # the words before it are complete; the last may not be
+            if space > 0 and _word_count(text[:space]) >= self.first_clause_max_words:
+                return space
         return None
 
     def _past_closers(self, cut: int) -> int:

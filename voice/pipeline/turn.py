@@ -21,9 +21,10 @@ from voice.pipeline.listener import Utterance
 from voice.pipeline.pacer import Pacer
 from voice.pipeline.sentences import SentenceSplitter, clean_for_speech
 from voice.pipeline.tool_loop import ToolLoop, service_stream, session_toolset
+from voice.pipeline.speculation import Transcript, speculative_text
 from voice.pipeline.turn_row import MARKS, TurnRow
 from voice.protocol import Llm, Stt, emotion_for, encode, strip_emoji
-from voice.workers import ServiceBusy, ServiceTimeout
+from voice.workers import ServiceBusy, ServiceTimeout, first_audio
 from voice.workers.operations import pcm_bytes
 
 log = logging.getLogger(__name__)
@@ -103,24 +104,33 @@ async def _synthesize_into_pacer(deps: TurnDeps, text: str, record: TurnRecord |
     await deps.pacer.sentence(text)
     started = time.monotonic()
     first = True
+    # A reply's first clause: generation in this process pauses until its first audio (``first_audio``).
+    hold = first_audio.gate().hold() if record is not None and "tts_first_audio" not in record.marks else None
     # Resampled and Opus-encoded where the voice is synthesised: only finished frames come back.
     # Due when this device's playout runs dry (now, for a first sentence): sentences of several
     # answers playing at once are synthesised earliest deadline first.
     stream = deps.services["tts"].stream("tts_frames", deps.tts, text, deps.voice, deps.output_rate,
                                          owner=deps.device_id, deadline=deps.pacer.runs_dry_at())
-    async with aclosing(stream):  # closed at once on abort, so the worker is freed
-        async for frames in stream:
-            if first and record is not None:
-                record.mark("tts_first_audio")
-                record.model_seconds.setdefault("tts_first_audio", time.monotonic() - started)
-            first = False
-            for frame in frames:
-                await deps.pacer.audio(frame)
-
-
-async def run_turn(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None:
     try:
-        await _run(deps, utterance, record)
+        async with aclosing(stream):  # closed at once on abort, so the worker is freed
+            async for frames in stream:
+                if hold is not None:
+                    hold.release()
+                if first and record is not None:
+                    record.mark("tts_first_audio")
+                    record.model_seconds.setdefault("tts_first_audio", time.monotonic() - started)
+                first = False
+                for frame in frames:
+                    await deps.pacer.audio(frame)
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+async def run_turn(deps: TurnDeps, utterance: Utterance, record: TurnRecord, transcript: Transcript | None = None) -> None:
+    """``transcript``: the utterance's speculative transcription (``voice/pipeline/speculation.py``), if any."""
+    try:
+        await _run(deps, utterance, record, transcript)
     except ServiceBusy as exc:
         record.error = f"busy: {exc}"
         log.warning("turn refused: %s", exc)
@@ -140,11 +150,13 @@ async def _apologise(deps: TurnDeps, text: str) -> None:
         await deps.pacer.interrupt()
 
 
-async def _run(deps: TurnDeps, utterance: Utterance, record: TurnRecord) -> None:
-    started = time.monotonic()
-    text = await deps.services["asr"].call("transcribe", deps.asr, pcm_bytes(utterance.pcm), owner=deps.device_id)
-    record.model_seconds["asr"] = time.monotonic() - started
-    record.mark("asr_done")
+async def _run(deps: TurnDeps, utterance: Utterance, record: TurnRecord, transcript: Transcript | None = None) -> None:
+    text = await speculative_text(transcript, record) if transcript is not None else None
+    if text is None:
+        started = time.monotonic()
+        text = await deps.services["asr"].call("transcribe", deps.asr, pcm_bytes(utterance.pcm), owner=deps.device_id)
+        record.model_seconds["asr"] = time.monotonic() - started
+        record.mark("asr_done")
     text = strip_emoji(text or "").strip()
     record.user_text = text
     if not clean_for_speech(text):

@@ -120,6 +120,21 @@ class FakeTTS:
         yield (np.sin(2 * np.pi * 220.0 * t) * 0.3 * 32767).astype(np.int16)
 
 
+class FakeTurn:
+    """An end-of-turn model with a fixed opinion: ``probability`` the speaker has finished (None:
+    no opinion, so only silence ends a turn). Counts the pauses it was asked about."""
+
+    name = "fake"
+
+    def __init__(self, probability: float | None = None):
+        self.value = probability
+        self.asked = 0
+
+    def probability(self, pcm: np.ndarray) -> float | None:
+        self.asked += 1
+        return self.value
+
+
 class FakeVAD:
     """Any sound is voice: a score per full 32 ms chunk, 1.0 where the chunk's RMS passes ``level``,
     else 0.0 (float32 PCM in [-1, 1]), so tests of the conversation need no Silero."""

@@ -17,7 +17,7 @@ from voice.providers.base import ASRProvider, LLMProvider, ProviderUnavailable, 
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("vad", "asr", "llm", "tts", "vllm")
+KINDS = ("vad", "asr", "llm", "tts", "vllm", "turn")  # turn: end-of-turn detection, beside the VAD
 SETTING = {kind: f"XIAOZHI_{kind.upper()}_PROVIDER" for kind in KINDS}
 # Kinds a server may run without: a blank XIAOZHI_<KIND>_PROVIDER means none (vision: no device is
 # offered the camera's upload URL), and an agent may choose NONE to go without while the server has one.
@@ -171,6 +171,18 @@ def _edge():
     )
 
 
+def _smart_turn():
+    from voice.providers.turn.smart_turn import SmartTurn
+
+    return SmartTurn()
+
+
+def _silence_only():
+    from voice.providers.turn.smart_turn import SilenceOnly
+
+    return SilenceOnly()
+
+
 def _fake(kind: str) -> Callable[[], object]:
     def build():
         from voice.providers import fake
@@ -186,6 +198,7 @@ BUILDERS: dict[str, dict[str, Callable[[], object]]] = {
     "llm": {"smollm2": _smollm2, "openai": _openai, "fake": _fake("llm")},
     "tts": {"piper": _piper, "edge": _edge, "openai": _openai_tts, "fake": _fake("tts")},
     "vllm": {"openai": _openai_vision},
+    "turn": {"smart_turn": _smart_turn, "silence": _silence_only},
 }
 # Display names (the admin's agent form); a provider without one is shown by its name.
 LABELS = {
@@ -197,6 +210,8 @@ LABELS = {
     "piper": "Piper (bundled)",
     "edge": "Edge TTS (online)",
     "fake": "Fake (tests)",
+    "smart_turn": "Smart Turn v3 (bundled)",
+    "silence": "Silence only",
 }
 
 
@@ -261,6 +276,11 @@ def get_tts(name: str | None = None) -> TTSProvider:
 def get_vllm(name: str | None = None):
     """The vision provider (``voice.providers.vllm``): ``describe(question, image, mime, model=None) -> str``."""
     return _get("vllm", name)
+
+
+def get_turn(name: str | None = None):
+    """The end-of-turn model (``probability(pcm) -> float | None``), shared like the VAD."""
+    return _get("turn", name)
 
 
 def preload(kinds=KINDS) -> dict[str, float]:

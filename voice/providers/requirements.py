@@ -47,7 +47,19 @@ def _openai_vision() -> str | None:
 
 
 # Providers missing here need nothing beyond the packages in requirements.txt.
+def _smart_turn() -> str | None:
+    from voice.providers.base import ProviderUnavailable
+    from voice.providers.turn.smart_turn import bundled_model_path
+
+    try:
+        bundled_model_path()
+    except ProviderUnavailable as exc:
+        return str(exc)
+    return None
+
+
 CHECKS: dict[tuple[str, str], Callable[[], str | None]] = {
+    ("turn", "smart_turn"): _smart_turn,
     ("asr", "funasr"): _funasr,
     ("asr", "openai"): _openai_asr,
     ("llm", "openai"): _openai,

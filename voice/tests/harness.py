@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -110,7 +110,7 @@ class Conversation:
     """One scripted device session. Use as ``async with``: it says hello on entry and closes the
     session, its services and the providers' registration on exit."""
 
-    def __init__(self, *, asr=None, llm=None, tts=None, vad=None, hello: bool = True, tools: bool = False,
+    def __init__(self, *, asr=None, llm=None, tts=None, vad=None, turn=None, hello: bool = True, tools: bool = False,
                  features: dict | None = None, device_tools=None, **config):
         """``tools``: offer the LLM tools (XIAOZHI_TOOLS_ENABLED; off by default, so the scripted
         "What time is it?" is answered by the scripted reply). ``features``: the hello's (e.g.
@@ -121,6 +121,7 @@ class Conversation:
             "asr": asr or fake.FakeASR("What time is it?"),
             "llm": llm or fake.FakeLLM("It is noon."),
             "tts": tts or fake.FakeTTS(seconds_per_word=0.03),  # a frame per two words
+            "turn": turn or fake.FakeTurn(),  # no opinion: silence ends turns, unless a test says
         }
         self.config = SessionConfig(device_id="aa:bb:cc:00:00:01", asr_provider=NAME, llm_provider=NAME,
                                     tts_provider=NAME, **config)
@@ -142,10 +143,12 @@ class Conversation:
         self._vad_setting = settings.XIAOZHI_VAD_PROVIDER
         self._tools_setting = settings.XIAOZHI_TOOLS_ENABLED
         settings.XIAOZHI_TOOLS_ENABLED = self.tools
+        self._turn_setting = settings.XIAOZHI_TURN_PROVIDER
         for kind, provider in self.providers.items():
             registry.forget(kind, NAME)
             registry.BUILDERS[kind][NAME] = lambda provider=provider: provider
         settings.XIAOZHI_VAD_PROVIDER = NAME
+        settings.XIAOZHI_TURN_PROVIDER = NAME
         loop = asyncio.get_running_loop()
         self._started = loop.time()
         self.wire = Wire(self.now)
@@ -167,6 +170,7 @@ class Conversation:
             registry.forget(kind, NAME)
         settings.XIAOZHI_VAD_PROVIDER = self._vad_setting
         settings.XIAOZHI_TOOLS_ENABLED = self._tools_setting
+        settings.XIAOZHI_TURN_PROVIDER = self._turn_setting
         for service in self.services.values():
             service.shutdown()
 

@@ -50,10 +50,11 @@ def test_health_reports_the_loaded_models(server):
     assert health["status"] == "ok"
     loaded = {kind for kind, names in health["checks"]["models"].items() if names}
     if os.environ.get("XIAOZHI_WORKER_BACKEND") == "celery":
-        # The server runs only the VAD; the workers hold the other models, and say so by heartbeat.
-        assert loaded == {"vad"}
+        # The server runs only the VAD (and the end-of-turn model beside it); the workers hold the
+        # other models, and say so by heartbeat.
+        assert loaded == {"vad", "turn"}
         assert health["checks"]["voice_workers"] == "ok"
         models = {kind: {m for w in found for m in w["models"]} for kind, found in health["checks"]["workers"].items()}
         assert "whisper" in models["asr"] and "smollm2" in models["llm"] and "piper" in models["tts"]
     else:
-        assert loaded == {"vad", "asr", "llm", "tts"}
+        assert loaded == {"vad", "asr", "llm", "tts", "turn"}

@@ -218,7 +218,7 @@ def test_registry_builds_each_provider_once(fresh_registry):
     with override_settings(XIAOZHI_ASR_PROVIDER="fake"):
         assert fresh_registry.get_asr() is fresh_registry.get_asr("fake")
     assert fresh_registry.get_llm("fake") is fresh_registry.get_llm("fake")
-    assert fresh_registry.loaded_names() == {"vad": [], "asr": ["fake"], "llm": ["fake"], "tts": [], "vllm": []}
+    assert fresh_registry.loaded_names() == {"vad": [], "asr": ["fake"], "llm": ["fake"], "tts": [], "vllm": [], "turn": []}
 
 
 def test_registry_builds_once_under_concurrent_first_use(fresh_registry):
@@ -255,8 +255,9 @@ def test_registry_openai_without_a_server_names_the_setting(fresh_registry):
 def test_preload_builds_and_warms_the_configured_providers(fresh_registry):
     with override_settings(XIAOZHI_ASR_PROVIDER="fake", XIAOZHI_LLM_PROVIDER="fake", XIAOZHI_TTS_PROVIDER="fake"):
         spent = fresh_registry.preload()
-    assert set(spent) == {"vad", "asr", "llm", "tts"}
-    assert fresh_registry.loaded_names() == {"vad": ["silero"], "asr": ["fake"], "llm": ["fake"], "tts": ["fake"], "vllm": []}
+    assert set(spent) == {"vad", "asr", "llm", "tts", "turn"}
+    assert fresh_registry.loaded_names() == {"vad": ["silero"], "asr": ["fake"], "llm": ["fake"], "tts": ["fake"],
+                                             "vllm": [], "turn": ["smart_turn"]}
 
 
 # --- the bundled models -------------------------------------------------------------------------------

@@ -91,3 +91,13 @@ def test_a_closing_quote_stays_with_its_sentence():
 
 def test_mixed_chinese_and_english_counts_both():
     assert feed_all(SentenceSplitter(), ["OK，我们现在", "走吧，Let us go now, friend."]) == ["OK，我们现在走吧，", "Let us go now, friend."]
+
+
+def test_a_long_first_sentence_is_spoken_after_a_few_complete_words():
+    splitter = SentenceSplitter(first_clause_max_words=6)
+    pieces = feed_all(splitter, ["The tallest mountain in the whole wor", "ld is Mount Everest, in Nepal. It is very high."])
+    assert pieces == ["The tallest mountain in the whole", "world is Mount Everest, in Nepal.", "It is very high."]
+    # a short first sentence is not cut; 0 waits for punctuation however long it takes
+    assert feed_all(SentenceSplitter(first_clause_max_words=6), ["The capital is Paris. Yes."]) == ["The capital is Paris.", "Yes."]
+    assert feed_all(SentenceSplitter(first_clause_max_words=0), ["One two three four five six seven eight nine."]) == [
+        "One two three four five six seven eight nine."]

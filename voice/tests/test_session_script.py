@@ -2,6 +2,7 @@
 dispatch seam, with the scripted fake providers and no socket (``harness.py``), a few seconds in
 all. The same paths run on the bundled models over the real ASGI app in ``test_conversation.py``."""
 import numpy as np
+from django.test import override_settings
 
 from voice.pipeline.turn import BUSY_REPLY, ERROR_REPLY
 from voice.protocol import CloseCode
@@ -51,7 +52,13 @@ async def test_abort_stops_the_reply_once_and_keeps_listening():
 
 
 async def test_an_interrupted_reply_is_kept_as_far_as_it_was_heard():
-    # 1.4 s of first sentence: the abort lands in it even on a loaded machine
+    # 1.4 s of first sentence: the abort lands in it even on a loaded machine (spoken whole: no
+    # early cut of a long first sentence, XIAOZHI_FIRST_CLAUSE_MAX_WORDS)
+    with override_settings(XIAOZHI_FIRST_CLAUSE_MAX_WORDS=0):
+        await _interrupted_reply_is_kept()
+
+
+async def _interrupted_reply_is_kept():
     async with Conversation(llm=FakeLLM(TWO_SENTENCES), tts=FakeTTS(seconds_per_word=0.1)) as c:
         await c.listen("start", "auto")
         c.say(0.3)
@@ -65,6 +72,11 @@ async def test_an_interrupted_reply_is_kept_as_far_as_it_was_heard():
 
 
 async def test_speech_over_the_reply_in_realtime_mode_is_barge_in():
+    with override_settings(XIAOZHI_FIRST_CLAUSE_MAX_WORDS=0):  # the long first sentence spoken whole
+        await _barge_in()
+
+
+async def _barge_in():
     async with Conversation(llm=FakeLLM(LONG_FIRST), tts=FakeTTS(seconds_per_word=0.06)) as c:
         await c.listen("start", "realtime")
         c.say(0.3)

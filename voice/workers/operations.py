@@ -20,6 +20,7 @@ from voice.audio.opus import OpusEncoder
 from voice.audio.resample import resample
 from voice.providers import registry
 from voice.tools.model import ToolCall
+from voice.workers import first_audio
 
 PCM_DTYPE = np.float32  # utterances are float32 16 kHz mono; sent as their raw bytes (exact, no base64)
 
@@ -74,8 +75,10 @@ def reply_stream(llm_name: str, messages: list[dict], tools: list[dict] | None =
     llm = registry.get_llm(llm_name)
     extra = {"model": model} if model else {}
     items = llm.stream(messages, cancel, tools, **extra) if tools else llm.stream(messages, cancel, **extra)
+    gate = first_audio.gate()
     for item in items:
         yield item.to_wire() if isinstance(item, ToolCall) else item
+        gate.wait(cancel)  # no next token while a first clause is being synthesised (``first_audio``)
 
 
 @operation("tts_frames", streams=True)
