@@ -50,7 +50,8 @@ def from_peer_and_headers(peer: str, headers) -> str:
     return str(real) if real is not None else peer
 
 
-def _scope_headers(scope) -> dict[str, str]:
+def scope_headers(scope) -> dict[str, str]:
+    """An ASGI scope's headers by lower-case name (the last of repeated ones)."""
     return {bytes(name).decode("latin-1").lower(): bytes(value).decode("latin-1")
             for name, value in scope.get("headers", [])}
 
@@ -59,7 +60,7 @@ def client_address(request_or_scope) -> str:
     """The client address of a Django request or an ASGI (websocket/http) scope; "" when unknown."""
     if isinstance(request_or_scope, dict):
         client = request_or_scope.get("client") or ("",)
-        return from_peer_and_headers(str(client[0] or ""), _scope_headers(request_or_scope))
+        return from_peer_and_headers(str(client[0] or ""), scope_headers(request_or_scope))
     request = request_or_scope
     headers = {"x-forwarded-for": request.META.get("HTTP_X_FORWARDED_FOR", ""),
                "x-real-ip": request.META.get("HTTP_X_REAL_IP", "")}

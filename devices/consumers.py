@@ -39,6 +39,8 @@ from channels.utils import await_many_dispatch
 from django import db
 
 from devices import device_commands, rate_limits, records, session_owner
+from devices.vision import vision_capability
+from devices.client_address import scope_headers
 from devices.connection_limits import address_slots, slots
 from devices.device_commands import device_group
 from devices.outages import channel_layer as layer_outage
@@ -201,6 +203,9 @@ class DeviceConsumer(AsyncWebsocketConsumer):
             llm_model=agent.get("llm_model") or None,
             wake_greeting=agent.get("wake_greeting") or "",
         )
+        # From the agent already loaded (no database read here); the Host header is the fallback URL.
+        config.vision = vision_capability(identity.device_id, identity.client_id, agent=agent,
+                                          host=scope_headers(self.scope).get("host"), secure=self.scope.get("scheme") == "wss")
         if agent.get("system_prompt"):
             config.system_prompt = agent["system_prompt"]
         config.system_prompt = memory.prompt_with_memory(config.system_prompt, self.info.memory)
@@ -312,3 +317,4 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         await pending.write(PendingWrite(
             TURN, partial(records.record_turn, self.info.device_pk, self.info.session_pk, record.as_row()),
             f"turn of session {self.info.session_id}"))
+

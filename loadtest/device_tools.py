@@ -1,31 +1,37 @@
 """The MCP server of a simulated device, answering as the xiaozhi firmware does (main/mcp_server.cc):
 ``initialize``, ``tools/list`` in pages that name the next tool in ``nextCursor``, and the common
-tools (``voice.mcp.firmware``) over a volume and a brightness it keeps. Errors carry a message and
-no ``code``, as the firmware sends them; notifications get no reply.
+tools (``voice.mcp.firmware``) over a volume and a brightness it keeps, and with a ``Camera``
+(``loadtest.camera``) the firmware's ``self.camera.take_photo``. Errors carry a message and no
+``code``, as the firmware sends them; notifications get no reply.
 
 Socket-free: ``answer(payload)`` returns the replies to send (none, or one), so the simulated device,
-the tests and a person trying ``talk`` all see the same behaviour.
+the tests and a person trying ``talk`` all see the same behaviour. A photo is the one reply that
+comes later (its upload takes seconds): ``answer`` returns it as an awaitable of the reply, which the
+caller runs in a task of its own and sends when done, so other messages are answered meanwhile.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
+from loadtest.camera import TAKE_PHOTO, Camera
 from voice.mcp.firmware import FIRMWARE_TOOLS
 
 SERVER_INFO = {"name": "simulated-board", "version": "1.9.0"}
 
 
 class FirmwareTools:
-    def __init__(self, volume: int = 70, brightness: int = 80, page_size: int = 2, tools=FIRMWARE_TOOLS):
+    def __init__(self, volume: int = 70, brightness: int = 80, page_size: int = 2, tools=FIRMWARE_TOOLS,
+                 camera: Camera | None = None):
         self.volume = volume
         self.brightness = brightness
         self.page_size = max(1, page_size)
-        self.tools = [dict(tool) for tool in tools]
+        self.camera = camera
+        self.tools = [dict(tool) for tool in tools] + ([dict(TAKE_PHOTO)] if camera is not None else [])
         self.requests: list[dict] = []  # every JSON-RPC request received, last 100
         self.calls: list[tuple[str, dict]] = []  # (tool name, arguments) of each tools/call, last 100
 
-    def answer(self, payload) -> list[dict]:
+    def answer(self, payload) -> list[dict | Awaitable[dict]]:
         if not isinstance(payload, Mapping) or "method" not in payload:
             return []  # a reply or garbage: the firmware answers only requests
         self.requests = [*self.requests[-99:], dict(payload)]
@@ -36,6 +42,8 @@ class FirmwareTools:
         if not isinstance(msg_id, int) or isinstance(msg_id, bool):
             return [_error(0, "Invalid id")]  # the firmware reads ids as numbers
         if method == "initialize":
+            if self.camera is not None:
+                self.camera.on_initialize(dict(params))
             return [_result(msg_id, {"protocolVersion": "2024-11-05", "capabilities": {"tools": {}},
                                      "serverInfo": SERVER_INFO})]
         if method == "tools/list":
@@ -44,6 +52,8 @@ class FirmwareTools:
             name = params.get("name")
             arguments = params.get("arguments") if isinstance(params.get("arguments"), Mapping) else {}
             self.calls = [*self.calls[-99:], (str(name), dict(arguments))]
+            if name == TAKE_PHOTO["name"] and self.camera is not None:
+                return [self.camera.answer(dict(payload))]
             return [self._call(msg_id, name, arguments)]
         return [_error(msg_id, f"Method not implemented: {method}")]
 

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -19,6 +20,7 @@ import numpy as np
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from loadtest.camera import Camera
 from loadtest.device_tools import FirmwareTools
 from voice.protocol import (
     Abort,
@@ -160,7 +162,7 @@ class TurnResult:
 class SimulatedDevice:
     def __init__(self, device_id: str | None = None, client_id: str | None = None, binary_version: int = 1,
                  board: str = "simulated-board", firmware: str = "1.9.0", keep_audio: bool = True,
-                 mcp: bool = True):
+                 mcp: bool = True, camera: bool = False):
         self.device_id = device_id or "02:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:5])
         self.client_id = client_id or str(uuid.uuid4())
         self.binary_version = binary_version
@@ -183,7 +185,10 @@ class SimulatedDevice:
         self.continuous_pace = False
         # The device's MCP server (the firmware's common tools), announced by features.mcp in the
         # hello; anything with ``answer(payload) -> list[dict]`` may replace it (tests script edge cases).
-        self.tools: FirmwareTools | None = FirmwareTools() if mcp else None
+        # camera=True adds the firmware's camera tool, which uploads a real JPEG to the server's vision URL.
+        self.tools: FirmwareTools | None = (
+            FirmwareTools(camera=Camera(self.device_id, self.client_id) if camera else None) if mcp else None)
+        self._later: set[asyncio.Task] = set()  # replies that come later (a photo's upload); cancelled at close
 
     # -- OTA and connection --------------------------------------------------------------------------------
     async def ota(self, ota_url: str) -> dict:
@@ -235,6 +240,8 @@ class SimulatedDevice:
             await self.link.close()
         if self._reader:
             self._reader.cancel()
+        for task in list(self._later):
+            task.cancel()
 
     async def _read(self) -> None:
         try:
@@ -286,10 +293,22 @@ class SimulatedDevice:
 
     async def _answer_mcp(self, payload) -> None:
         for reply in self.tools.answer(payload):
+            if not isinstance(reply, Mapping):  # a reply that comes later: the reader goes on meanwhile
+                task = asyncio.ensure_future(self._send_later(reply))
+                self._later.add(task)
+                task.add_done_callback(self._later.discard)
+                continue
             try:
                 await self.send_mcp(reply)
             except Exception:  # noqa: BLE001 - the socket is closing; the reader sees it next
                 return
+
+    async def _send_later(self, reply) -> None:
+        payload = await reply
+        try:
+            await self.send_mcp(payload)
+        except Exception:  # noqa: BLE001 - the socket closed while the tool ran
+            pass
 
     async def send_mcp(self, payload: dict) -> None:
         """One JSON-RPC message to the server, in the xiaozhi envelope."""

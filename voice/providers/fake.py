@@ -19,6 +19,7 @@ DEFAULT_TOOL_RULES = {
     "volume now": ("self.get_device_status", {}),
     "what time": ("get_time", {}),
     "goodbye": ("end_conversation", {}),
+    "what do you see": ("self.camera.take_photo", {"question": "What do you see?"}),  # a device with a camera
 }
 
 
