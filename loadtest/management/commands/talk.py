@@ -44,6 +44,9 @@ class Command(BaseCommand):
         parser.add_argument("--binary-version", type=int, choices=[1, 2, 3],
                             help="binary framing to use (default: what the OTA answer says, else 1)")
         parser.add_argument("--save-reply", help="write the last spoken answer to this WAV file")
+        parser.add_argument("--camera", action="store_true",
+                            help="a board with a camera: offers self.camera.take_photo and uploads a real JPEG "
+                                 "to the server's vision URL (a server with XIAOZHI_VLLM_PROVIDER)")
         parser.add_argument("--timeout", type=float, default=30.0)
         parser.add_argument("--json", action="store_true", help="print one JSON object per turn")
 
@@ -56,7 +59,8 @@ class Command(BaseCommand):
             raise CommandError("a turn got no spoken answer")
 
     async def converse(self, utterances, options) -> bool:
-        device = SimulatedDevice(options["device_id"], binary_version=options["binary_version"] or 1)
+        device = SimulatedDevice(options["device_id"], binary_version=options["binary_version"] or 1,
+                                 camera=options["camera"])
         if options["ws_url"]:
             device.ws_url = options["ws_url"]
         else:
