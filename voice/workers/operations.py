@@ -10,6 +10,8 @@ when the consumer stops early; they check it between items so an abandoned strea
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,16 +67,33 @@ def transcribe(asr_name: str, pcm: bytes) -> str:
     return registry.get_asr(asr_name).transcribe(np.frombuffer(pcm, dtype=PCM_DTYPE))
 
 
+@functools.cache
+def _parameters(fn) -> frozenset[str] | None:
+    """A callable's parameter names, or None when it takes ``**kwargs`` (anything goes)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params)
+
+
+def _takes(fn, name: str) -> bool:
+    names = _parameters(getattr(fn, "__func__", fn))
+    return names is None or name in names
+
+
 @operation("reply_stream", streams=True)
 def reply_stream(llm_name: str, messages: list[dict], tools: list[dict] | None = None, model: str | None = None, *,
                  cancel: threading.Event) -> Iterator[str | dict]:
     """Text deltas of the assistant's reply; with ``tools`` (OpenAI function specs) also tool
     calls, as ``ToolCall.to_wire()`` dicts so they cross a worker's msgpack seam unchanged
     (``ToolCall.from_wire`` reads them back). ``model`` picks one of the provider's models (the
-    agent's ``llm_model``), for providers that serve several; it is passed only when set."""
+    agent's ``llm_model``), for providers that serve several; it is passed only when set. A
+    provider written before tools (``stream(messages, cancel)``) is simply offered none."""
     llm = registry.get_llm(llm_name)
     extra = {"model": model} if model else {}
-    items = llm.stream(messages, cancel, tools, **extra) if tools else llm.stream(messages, cancel, **extra)
+    if tools and _takes(llm.stream, "tools"):
+        extra["tools"] = tools
+    items = llm.stream(messages, cancel, **extra)
     gate = first_audio.gate()
     for item in items:
         yield item.to_wire() if isinstance(item, ToolCall) else item
