@@ -29,8 +29,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_server(profile: str = "bundled", env: dict | None = None, startup_timeout: float = 180, log_path=None):
-    """Yield the base URL of a fresh server; stop it on exit."""
+def local_server(profile: str = "bundled", env: dict | None = None, startup_timeout: float = 180, log_path=None,
+                 on_start=None):
+    """Yield the base URL of a fresh server; stop it on exit. ``on_start(process, workdir)`` is called
+    once it serves (a soak samples the process, a test reads its database)."""
     import httpx
 
     workdir = Path(tempfile.mkdtemp(prefix="xiaozhi-loadtest-"))
@@ -61,6 +63,8 @@ def local_server(profile: str = "bundled", env: dict | None = None, startup_time
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not start in time")
             time.sleep(0.5)
+        if on_start is not None:
+            on_start(process, workdir)
         yield base
     finally:
         process.terminate()
