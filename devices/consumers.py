@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import time
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from devices import rate_limits, records
+from devices.frame_dispatch import DirectFrameDispatch
 from devices.connection_limits import address_slots, slots
 from voice import live_stats
 from voice.conf import performance_config
@@ -32,7 +34,7 @@ def device_group(device_id: str) -> str:
     return "device." + device_id.replace(":", "")
 
 
-class DeviceConsumer(AsyncWebsocketConsumer):
+class DeviceConsumer(DirectFrameDispatch, AsyncWebsocketConsumer):
     session: VoiceSession | None = None
     info: records.ConnectionInfo | None = None
     group: str | None = None
@@ -153,13 +155,22 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         if not self.closed:
             live_stats.incr("ws_messages_out")
             live_stats.incr("ws_bytes_out", len(text))
-            await self.send(text_data=text)
+            await self._send(text_data=text)
 
     async def send_bytes(self, data: bytes) -> None:
         if not self.closed:
             live_stats.incr("ws_messages_out")
             live_stats.incr("ws_bytes_out", len(data))
-            await self.send(bytes_data=data)
+            await self._send(bytes_data=data)
+
+    async def _send(self, **frame) -> None:
+        """Send, unless the client has already left: its disconnect is still queued behind the frame
+        being handled (the fuzz test's resets), and will release everything; raising here instead
+        would end the consumer before that disconnect and leak its slot, gauge and session row."""
+        try:
+            await self.send(**frame)
+        except Disconnected:
+            log.debug("%s left before a reply was sent", self.scope["device_identity"].device_id)
 
     async def close(self, code=None, reason=None):  # noqa: D401 - the session's transport close too
         if not self.closed:
