@@ -1,0 +1,143 @@
+"""100,000 random and mutated frames over hundreds of connections against a real server process.
+
+The hostile devices are ``loadtest.fuzz`` (its docstring lists the mix). Afterwards the server must
+be alive and serve a normal device a full turn, and hold nothing for the devices that left: the
+``connected_devices`` gauge at 0, every session row closed and no device online in its database,
+its asyncio tasks and descriptors back to the idle level, and its RSS bounded (and flat over the
+second half of the run). The server runs the fake models (``loadtest.server`` profile "fake"): the
+protocol and the session are under test, not model time.
+
+The seed is printed (``-s``) and named in every failure; ``XIAOZHI_FUZZ_SEED=<n>`` replays a run,
+``XIAOZHI_FUZZ_FRAMES`` changes its size.
+"""
+import asyncio
+import os
+import random
+import sqlite3
+import time
+
+import httpx
+import psutil
+import pytest
+
+from loadtest import fuzz
+from loadtest.server import local_server
+from loadtest.simulated_device import SimulatedDevice, silence_frames, spoken_frames
+
+pytestmark = [pytest.mark.e2e]
+
+FRAMES = int(os.environ.get("XIAOZHI_FUZZ_FRAMES", "100000"))
+SEED = int(os.environ.get("XIAOZHI_FUZZ_SEED") or random.SystemRandom().randrange(2**31))
+WORKERS = 24
+MAX_RSS_GROWTH = 100 * 2**20
+MAX_LATE_RSS_GROWTH = 30 * 2**20  # over the second half: a leak grows with the frames, a warm-up does not
+
+
+class Server:
+    def __init__(self, base: str, process, workdir):
+        self.base, self.process, self.workdir = base, process, workdir
+        self.ps = psutil.Process(process.pid)
+        self.ws_url = base.replace("http://", "ws://") + "/xiaozhi/v1/"
+
+    def performance(self) -> dict:
+        return httpx.get(f"{self.base}/api/performance/", timeout=30).json()
+
+    def own(self) -> dict:
+        return next(iter(self.performance()["processes"].values()))
+
+    def connected(self) -> int:
+        return httpx.get(f"{self.base}/api/performance/websocket/", timeout=30).json()["connected_devices"]
+
+    def db(self, sql: str) -> int:
+        with sqlite3.connect(self.workdir / "db.sqlite3", timeout=30) as db:
+            return db.execute(sql).fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def server():
+    started = {}
+    with local_server("fake", on_start=lambda process, workdir: started.update(process=process, workdir=workdir),
+                      startup_timeout=120) as base:
+        yield Server(base, started["process"], started["workdir"])
+        assert started["process"].poll() is None, "the server died"
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return fuzz.Corpus(speech=spoken_frames("What is the capital of France?"), silence=silence_frames(20))
+
+
+async def full_turn(server: Server, corpus: fuzz.Corpus) -> None:
+    """A normal device: OTA, hello, one spoken turn answered with stt, tts start, audio and tts stop."""
+    device = SimulatedDevice(keep_audio=False)
+    await device.ota(f"{server.base}/xiaozhi/ota/")
+    assert await device.connect(hello=True) is not None, f"no hello answer (seed {SEED})"
+    try:
+        result = await device.turn(corpus.speech, mode="auto", timeout=30)
+    finally:
+        await device.close()
+    assert result.stt, f"no stt (seed {SEED})"
+    assert result.tts_start_ms is not None and result.audio and result.stopped, f"an incomplete turn (seed {SEED})"
+
+
+async def settles(read, expected, what: str, timeout: float = 60.0):
+    """Poll ``read()`` until it meets ``expected`` (a predicate); the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(read)
+        if expected(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.5)
+
+
+async def test_a_hundred_thousand_hostile_frames_leave_the_server_serving_and_holding_nothing(server, corpus):
+    print(f"\nfuzz seed {SEED} (XIAOZHI_FUZZ_SEED={SEED} replays it), {FRAMES} frames, {WORKERS} at once")
+    await full_turn(server, corpus)  # warm: what the first session builds for the whole process
+    idle_tasks = await settles(lambda: server.own()["asyncio_tasks"], lambda n: True, "tasks")
+    idle_fds = server.ps.num_fds()
+    rss_start = server.ps.memory_info().rss
+
+    tally = fuzz.Tally()
+    half_rss: list[int] = []
+
+    async def watch_half():
+        while tally.frames < FRAMES // 2:
+            await asyncio.sleep(0.2)
+        half_rss.append(server.ps.memory_info().rss)
+
+    watcher = asyncio.create_task(watch_half())
+    started = time.monotonic()
+    await fuzz.fuzz(server.ws_url, SEED, FRAMES, corpus, workers=WORKERS, tally=tally)
+    took = time.monotonic() - started
+    watcher.cancel()
+    print(f"{tally.frames} frames over {tally.connections} connections in {took:.0f} s; kinds {dict(tally.kinds)}; "
+          f"endings {dict(tally.endings)}; close codes {dict(tally.close_codes)}; "
+          f"refused handshakes {tally.refused_handshakes}; messages received {tally.received}")
+    assert tally.frames >= FRAMES and tally.connections >= FRAMES // 1000
+    assert server.process.poll() is None, f"the server died under the fuzz (seed {SEED})"
+
+    # Nothing held for the devices that left.
+    connected = await settles(server.connected, lambda n: n == 0, "connected devices")
+    assert connected == 0, f"connected_devices is {connected} with no device connected (seed {SEED})"
+    open_rows = await settles(lambda: server.db("SELECT COUNT(*) FROM devices_devicesession WHERE ended_at IS NULL"),
+                              lambda n: n == 0, "open sessions")
+    assert open_rows == 0, f"{open_rows} session rows left open (seed {SEED})"
+    online = server.db("SELECT COUNT(*) FROM devices_device WHERE online")
+    assert online == 0, f"{online} devices still online (seed {SEED})"
+    tasks = await settles(lambda: server.own()["asyncio_tasks"], lambda n: n <= idle_tasks + 2, "tasks")
+    assert tasks <= idle_tasks + 2, f"{tasks} asyncio tasks against {idle_tasks} before (seed {SEED})"
+    fds = await settles(lambda: server.ps.num_fds(), lambda n: n <= idle_fds + 2, "descriptors")
+    assert fds <= idle_fds + 2, f"{fds} open descriptors against {idle_fds} before (seed {SEED})"
+
+    rss_end = server.ps.memory_info().rss
+    mb = lambda b: f"{b / 2**20:.0f} MB"  # noqa: E731
+    print(f"RSS {mb(rss_start)} -> {mb(half_rss[0]) if half_rss else '?'} at half -> {mb(rss_end)}; "
+          f"tasks {idle_tasks} -> {tasks}; fds {idle_fds} -> {fds}")
+    assert rss_end - rss_start < MAX_RSS_GROWTH, f"RSS grew {mb(rss_end - rss_start)} (seed {SEED})"
+    assert half_rss and rss_end - half_rss[0] < MAX_LATE_RSS_GROWTH, \
+        f"RSS still growing in the second half: {mb(half_rss[0])} -> {mb(rss_end)} (seed {SEED})"
+
+    # And it serves: a normal device gets a full turn, twice (a leaked slot or stuck VAD would show).
+    await full_turn(server, corpus)
+    await full_turn(server, corpus)
+    assert await settles(server.connected, lambda n: n == 0, "connected devices") == 0
