@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -154,6 +155,8 @@ def summarize(samples: list[dict], turns: list[dict], devices: list[dict], warm_
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # A soak stopped early (kill <pid>) still stops its server; the JSON already holds every sample.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import django
 
     django.setup()
