@@ -86,7 +86,7 @@ async def full_turn(server: Server, corpus: fuzz.Corpus) -> None:
     assert result.tts_start_ms is not None and result.audio and result.stopped, f"an incomplete turn (seed {SEED})"
 
 
-async def settles(read, expected, what: str, timeout: float = 60.0):
+async def settles(read, expected, timeout: float = 60.0):
     """Poll ``read()`` until it meets ``expected`` (a predicate); the last value otherwise."""
     deadline = time.monotonic() + timeout
     while True:
@@ -99,7 +99,7 @@ async def settles(read, expected, what: str, timeout: float = 60.0):
 async def test_a_hundred_thousand_hostile_frames_leave_the_server_serving_and_holding_nothing(server, corpus):
     print(f"\nfuzz seed {SEED} (XIAOZHI_FUZZ_SEED={SEED} replays it), {FRAMES} frames, {WORKERS} at once")
     await full_turn(server, corpus)  # warm: what the first session builds for the whole process
-    idle_tasks = await settles(lambda: server.own()["asyncio_tasks"], lambda n: True, "tasks")
+    idle_tasks = await settles(lambda: server.own()["asyncio_tasks"], lambda n: True)
     idle_fds = server.ps.num_fds()
     rss_start = server.ps.memory_info().rss
 
@@ -129,16 +129,16 @@ async def test_a_hundred_thousand_hostile_frames_leave_the_server_serving_and_ho
     print(f"consumers killed by Daphne after their client left: {log.count('took too long to shut down')}")
 
     # Nothing held for the devices that left.
-    connected = await settles(server.connected, lambda n: n == 0, "connected devices")
+    connected = await settles(server.connected, lambda n: n == 0)
     assert connected == 0, f"connected_devices is {connected} with no device connected (seed {SEED})"
     open_rows = await settles(lambda: server.db("SELECT COUNT(*) FROM devices_devicesession WHERE ended_at IS NULL"),
-                              lambda n: n == 0, "open sessions")
+                              lambda n: n == 0)
     assert open_rows == 0, f"{open_rows} session rows left open (seed {SEED})"
     online = server.db("SELECT COUNT(*) FROM devices_device WHERE online")
     assert online == 0, f"{online} devices still online (seed {SEED})"
-    tasks = await settles(lambda: server.own()["asyncio_tasks"], lambda n: n <= idle_tasks + 2, "tasks")
+    tasks = await settles(lambda: server.own()["asyncio_tasks"], lambda n: n <= idle_tasks + 2)
     assert tasks <= idle_tasks + 2, f"{tasks} asyncio tasks against {idle_tasks} before (seed {SEED})"
-    fds = await settles(lambda: server.ps.num_fds(), lambda n: n <= idle_fds + 2, "descriptors")
+    fds = await settles(lambda: server.ps.num_fds(), lambda n: n <= idle_fds + 2)
     assert fds <= idle_fds + 2, f"{fds} open descriptors against {idle_fds} before (seed {SEED})"
 
     rss_end = server.ps.memory_info().rss
@@ -152,4 +152,4 @@ async def test_a_hundred_thousand_hostile_frames_leave_the_server_serving_and_ho
     # And it serves: a normal device gets a full turn, twice (a leaked slot or stuck VAD would show).
     await full_turn(server, corpus)
     await full_turn(server, corpus)
-    assert await settles(server.connected, lambda n: n == 0, "connected devices") == 0
+    assert await settles(server.connected, lambda n: n == 0) == 0
