@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ class Sampler:
 
         self.base, self.run, self.every, self.write = base, run, every, write
         self.process = psutil.Process(pid)
+        self.key = f"{socket.gethostname()}:{pid}"  # how the server names itself in its figures
         self.samples: list[dict] = []
         self._turns_seen = 0
 
@@ -73,7 +75,7 @@ class Sampler:
 
         perf = (await client.get(f"{self.base}/api/performance/")).json()
         ws = (await client.get(f"{self.base}/api/performance/websocket/")).json()
-        own = next(iter(perf["processes"].values()), {})
+        own = perf["processes"].get(self.key, {})  # with REDIS_URL other processes report there too
         new = self.run.turns[self._turns_seen:]
         self._turns_seen += len(new)
         ttfa = [t.get("ttfa_ms") for t in new]
@@ -83,7 +85,7 @@ class Sampler:
             "open_fds": self.process.num_fds(),
             "asyncio_tasks": own.get("asyncio_tasks"),
             "threads": self.process.num_threads(),
-            "connected_devices": ws["connected_devices"],
+            "connected_devices": ws["per_process"].get(self.key),
             "connections": ws["connections"],
             "server_errors": perf["errors"],
             "turns": len(new),
