@@ -30,6 +30,7 @@ import logging
 import time
 from functools import partial
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -296,13 +297,22 @@ class DeviceConsumer(AsyncWebsocketConsumer):
         if not self.closed:
             live_stats.incr("ws_messages_out")
             live_stats.incr("ws_bytes_out", len(text))
-            await self.send(text_data=text)
+            await self._send(text_data=text)
 
     async def send_bytes(self, data: bytes) -> None:
         if not self.closed:
             live_stats.incr("ws_messages_out")
             live_stats.incr("ws_bytes_out", len(data))
-            await self.send(bytes_data=data)
+            await self._send(bytes_data=data)
+
+    async def _send(self, **frame) -> None:
+        """Send, unless the client has already left: its disconnect is still queued behind the frame
+        being handled (the fuzz test's resets), and will release everything; raising here instead
+        would end the consumer before that disconnect and leak its slot, gauge and session row."""
+        try:
+            await self.send(**frame)
+        except Disconnected:
+            log.debug("%s left before a reply was sent", self.scope["device_identity"].device_id)
 
     async def close(self, code=None, reason=None):  # noqa: D401 - the session's transport close too
         if not self.closed:

@@ -109,8 +109,11 @@ def server_process(env: Mapping[str, str], log_path: Path, startup_timeout: floa
 
 
 @contextlib.contextmanager
-def local_server(profile: str = "bundled", env: dict | None = None, startup_timeout: float = 180, log_path=None):
-    """Yield the base URL of a fresh server with its own SQLite database; stop it on exit."""
+def local_server(profile: str = "bundled", env: dict | None = None, startup_timeout: float = 180, log_path=None,
+                 on_start=None):
+    """Yield the base URL of a fresh server with its own SQLite database; stop it on exit.
+    ``on_start(process, workdir)`` is called once it serves (a soak samples the process, a test
+    reads its database)."""
     workdir = Path(tempfile.mkdtemp(prefix="xiaozhi-loadtest-"))
     environ = dict(os.environ, SQLITE_PATH=str(workdir / "db.sqlite3"), XIAOZHI_DATA_DIR=str(workdir))
     environ.pop("DATABASE_URL", None)
@@ -120,4 +123,6 @@ def local_server(profile: str = "bundled", env: dict | None = None, startup_time
     environ.update(PROFILES[profile])
     environ.update(env or {})
     with server_process(environ, Path(log_path or workdir / "daphne.log"), startup_timeout) as running:
+        if on_start is not None:
+            on_start(running.process, workdir)
         yield running.base

@@ -121,6 +121,8 @@ def combine(processes: list[dict]) -> dict:
         hosts[proc["process"].rsplit(":", 1)[0]] = system
         per_process[proc["process"]] = {
             "rss_bytes": system["process_rss_bytes"], "cpu_percent": system["process_cpu_percent"],
+            # .get: figures published by a process of an older release lack these two.
+            "open_fds": system.get("process_open_fds"), "asyncio_tasks": system.get("process_asyncio_tasks"),
             "connected_devices": app["gauges"].get("connected_devices", 0),
             "active_turns": app["gauges"].get("active_turns", 0),
         }

@@ -4,6 +4,7 @@ Everything returned is plain JSON so it can be published to Redis and stored in 
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -27,6 +28,32 @@ def _cpu_percent() -> tuple[float, float]:
     if _cpu["host"] is None or now - _cpu["at"] >= MIN_CPU_INTERVAL:
         _cpu.update(at=now, host=psutil.cpu_percent(None), process=_process.cpu_percent(None))
     return _cpu["host"], _cpu["process"]
+
+
+_event_loop: asyncio.AbstractEventLoop | None = None
+
+
+def watch_event_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Name the loop that serves the sockets (the server process calls this at start), so the
+    figures can count its live tasks: a task left behind by a closed connection is a leak that
+    neither RSS nor the gauges show for a long time."""
+    global _event_loop
+    _event_loop = loop
+
+
+def asyncio_tasks() -> int | None:
+    """Unfinished tasks on the watched loop; None in a process that serves no sockets. Read from a
+    request thread: ``asyncio.all_tasks`` copies the task set with retries, which is safe there."""
+    if _event_loop is None or _event_loop.is_closed():
+        return None
+    return len(asyncio.all_tasks(_event_loop))
+
+
+def open_fds() -> int | None:
+    try:
+        return _process.num_fds()
+    except (AttributeError, psutil.Error):  # pragma: no cover - not on a POSIX system
+        return None
 
 
 def process_id() -> str:
@@ -60,6 +87,8 @@ def system() -> dict:
         "load_1": load[0], "load_5": load[1], "load_15": load[2],
         "process_rss_bytes": rss,
         "process_cpu_percent": proc_cpu,
+        "process_open_fds": open_fds(),
+        "process_asyncio_tasks": asyncio_tasks(),
     }
 
 

@@ -36,6 +36,10 @@ def render(combined: dict) -> str:
            [({"process": p}, f["connected_devices"]) for p, f in sorted(combined["processes"].items())])
     family("xiaozhi_process_resident_memory_bytes", "gauge", "RSS per process.",
            [({"process": p}, f["rss_bytes"]) for p, f in sorted(combined["processes"].items())])
+    family("xiaozhi_process_open_fds", "gauge", "Open file descriptors per process.",
+           [({"process": p}, f.get("open_fds")) for p, f in sorted(combined["processes"].items())])
+    family("xiaozhi_process_asyncio_tasks", "gauge", "Unfinished asyncio tasks on the server loop, per process.",
+           [({"process": p}, f.get("asyncio_tasks")) for p, f in sorted(combined["processes"].items())])
     family("xiaozhi_process_cpu_percent", "gauge", "CPU per process since its last report.",
            [({"process": p}, f["cpu_percent"]) for p, f in sorted(combined["processes"].items())])
     family("xiaozhi_turns_per_minute", "gauge", "Turns finished in the last minute.", [({}, combined["turns_per_minute"])])

@@ -230,6 +230,8 @@ class VoiceSession:
 
     # -- frames from the consumer -----------------------------------------------------------------------
     async def handle_text(self, text: str | bytes) -> None:
+        if self.closed:
+            return  # queued behind a close of our own (bad frames, takeover, a watchdog): nothing to act on
         try:
             message = parse_device_message(text)
         except ProtocolError as exc:
@@ -258,7 +260,7 @@ class VoiceSession:
 
     def handle_binary(self, data: bytes) -> None:
         """Queue one uplink frame; never waits (the VAD worker drains the queue in batches)."""
-        if self.framing is None:
+        if self.framing is None or self.closed:
             return
         try:
             frame = self.framing.decode(data)

@@ -217,6 +217,9 @@ class LimitedServer(daphne.server.Server):
         self.limits = limits
 
     def run(self):
+        from monitoring import collectors
+
+        collectors.watch_event_loop(daphne.server.twisted_loop)  # its task count is a leak figure
         # Server.run builds its HTTP factory by this module-level name; ours is a drop-in subclass.
         daphne.server.HTTPFactory = LimitedHTTPFactory
         from devices import session_owner  # the application (and so Django) is loaded by now

@@ -102,3 +102,41 @@ def test_turn_outcomes_in_the_live_counters():
     counters = live_stats.snapshot()["counters"]
     assert counters["turns"] == 3 and counters["turn_aborts"] == 1 and counters["turn_errors"] == 1
     assert counters["errors:asr"] == 1 and "errors:aborted" not in counters
+
+
+def test_the_task_figure_counts_the_unfinished_tasks_of_the_watched_loop_read_from_another_thread():
+    """The figure is read by a request thread while the loop runs: it sees tasks come and go."""
+    import threading
+
+    from monitoring import collectors
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    previous = collectors._event_loop
+    try:
+        collectors.watch_event_loop(None)
+        assert collectors.asyncio_tasks() is None  # a process serving no sockets has no such figure
+        collectors.watch_event_loop(loop)
+        assert collectors.asyncio_tasks() == 0
+        release = asyncio.run_coroutine_threadsafe(asyncio.sleep(0, result=asyncio.Event()), loop).result(5)
+        waiters = [asyncio.run_coroutine_threadsafe(release.wait(), loop) for _ in range(3)]
+        for _ in range(100):
+            if collectors.asyncio_tasks() == 3:
+                break
+            threading.Event().wait(0.05)
+        assert collectors.asyncio_tasks() == 3
+        assert collectors.system()["process_asyncio_tasks"] == 3 and collectors.system()["process_open_fds"] > 0
+        loop.call_soon_threadsafe(release.set)
+        for waiter in waiters:
+            waiter.result(5)
+        for _ in range(100):
+            if collectors.asyncio_tasks() == 0:
+                break
+            threading.Event().wait(0.05)
+        assert collectors.asyncio_tasks() == 0
+    finally:
+        collectors.watch_event_loop(previous)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
