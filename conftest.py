@@ -94,9 +94,11 @@ async def connect_device(transactional_db):
     devices = []
 
     async def connect(device_id=None, *, client_id=None, headers=None, hello=True, binary_version=1, token="",
-                      path="/xiaozhi/v1/"):
-        """``client_id``: the same one again for a reconnect (a device is bound to its first Client-Id)."""
+                      path="/xiaozhi/v1/", answers_mcp=True):
+        """``client_id``: the same one again for a reconnect (a device is bound to its first Client-Id).
+        ``answers_mcp=False``: the device advertises MCP but the test answers the server's requests."""
         device = SimulatedDevice(device_id, client_id=client_id, binary_version=binary_version)
+        device.answers_mcp = answers_mcp
         device.token = token
         raw = headers if headers is not None else device.handshake_headers()
         communicator = WebsocketCommunicator(

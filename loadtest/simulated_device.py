@@ -186,6 +186,8 @@ class SimulatedDevice:
         # The device's MCP server (the firmware's common tools), announced by features.mcp in the
         # hello; anything with ``answer(payload) -> list[dict]`` may replace it (tests script edge cases).
         # camera=True adds the firmware's camera tool, which uploads a real JPEG to the server's vision URL.
+        # False: the device still advertises MCP in its hello, but a test answers the requests itself.
+        self.answers_mcp = True
         self.tools: FirmwareTools | None = (
             FirmwareTools(camera=Camera(self.device_id, self.client_id) if camera else None) if mcp else None)
         self._later: set[asyncio.Task] = set()  # replies that come later (a photo's upload); cancelled at close
@@ -257,7 +259,7 @@ class SimulatedDevice:
                     except ProtocolError:
                         message = data
                     self.events.append(Received(now, "json", message, len(data)))
-                    if isinstance(message, Mcp) and self.tools is not None:
+                    if isinstance(message, Mcp) and self.tools is not None and self.answers_mcp:
                         await self._answer_mcp(message.payload)
                 self._new_event.set()
         except LinkClosed as exc:

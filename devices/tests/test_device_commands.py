@@ -32,7 +32,9 @@ class FirmwareMcp:
 
     def __init__(self, device, answer=None):
         self.device = device
-        device.tools = None  # the test answers MCP, not the simulated device's own firmware tools
+        # The device must have been connected with answers_mcp=False (before its hello, or its own
+        # firmware tools race this helper to answer initialize and tools/list).
+        assert not device.answers_mcp, "connect the device with answers_mcp=False"
         self.answer = answer or (lambda name, arguments: {"result": {
             "content": [{"type": "text", "text": f"{name} done"}], "isError": False}})
         self.calls: list[tuple[str, dict]] = []
@@ -151,7 +153,7 @@ async def test_the_list_actions_alert_and_reboot_the_selected_devices(connect_de
 
 
 async def test_a_tool_called_by_hand_returns_the_devices_answer(connect_device, staff):
-    device = await connect_device()
+    device = await connect_device(answers_mcp=False)
     mcp = FirmwareMcp(device, answer=lambda name, arguments: {"result": {
         "content": [{"type": "text", "text": f"volume is now {arguments['volume']}"}], "isError": False}})
     try:
@@ -172,7 +174,7 @@ async def test_a_tool_called_by_hand_returns_the_devices_answer(connect_device, 
 
 
 async def test_a_tool_error_is_shown_as_an_error(connect_device, staff):
-    device = await connect_device()
+    device = await connect_device(answers_mcp=False)
     mcp = FirmwareMcp(device, answer=lambda name, arguments: {"error": {"message": "Missing valid argument: volume"}})
     try:
         async with asyncio.timeout(10):
@@ -237,6 +239,7 @@ async def remote_device(server, transactional_db):
     from loadtest.simulated_device import SimulatedDevice
 
     device = SimulatedDevice()
+    device.answers_mcp = False  # the tests answer its MCP (FirmwareMcp)
     assert await device.connect(f"ws://{server}/xiaozhi/v1/")
     row = await database_sync_to_async(Device.objects.create)(device_id=device.device_id, online=True)
     yield device, row.pk
@@ -307,6 +310,7 @@ async def test_in_chromium_an_admin_alerts_a_device_and_calls_its_tool(browser_s
     artifacts = Path(settings.BASE_DIR) / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     device = SimulatedDevice()
+    device.answers_mcp = False  # the test answers its MCP (FirmwareMcp)
     assert await device.connect(f"ws://{browser_server}/xiaozhi/v1/")
     mcp = FirmwareMcp(device, answer=lambda name, arguments: {"result": {
         "content": [{"type": "text", "text": f"volume is now {arguments.get('volume')}"}], "isError": False}})
