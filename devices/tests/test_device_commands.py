@@ -45,7 +45,8 @@ class FirmwareMcp:
         seen = 0
         while True:
             event = await self.device.wait_for(lambda e: isinstance(e.message, Mcp), 3600, seen)
-            seen = self.device.events.index(event) + 1
+            # by identity: two equal events (the same request twice) must not send this back in time
+            seen = next(i for i in range(seen, len(self.device.events)) if self.device.events[i] is event) + 1
             request = event.message.payload
             method, msg_id = request.get("method"), request.get("id")
             if method == "initialize":
