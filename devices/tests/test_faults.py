@@ -135,7 +135,9 @@ async def eventually(check, timeout: float, what: str):
 
 async def device(server, n: int, prefix: str = "02:fa", hello_timeout: float = 10) -> SimulatedDevice:
     """A device connected with its hello sent (``server_hello`` None if it was refused instead)."""
-    d = SimulatedDevice(device_id=f"{prefix}:00:00:{n // 256:02x}:{n % 256:02x}", client_id=f"fault-{prefix}-{n}")
+    # Without MCP: these probes are about storage and transport; the tool exchange after the hello
+    # only adds traffic to the moment a store is killed.
+    d = SimulatedDevice(device_id=f"{prefix}:00:00:{n // 256:02x}:{n % 256:02x}", client_id=f"fault-{prefix}-{n}", mcp=False)
     try:
         await d.connect(server.ws_url, hello_timeout=hello_timeout)
     except websockets.ConnectionClosed:  # closed before the hello could be sent: the reader saw the code
@@ -243,7 +245,7 @@ async def test_a_redis_blip_while_devices_talk_keeps_their_conversations(server,
     returned = time.monotonic()
 
     async def takeover_works():
-        newer = SimulatedDevice(device_id=talking[1].device_id, client_id=talking[1].client_id)
+        newer = SimulatedDevice(device_id=talking[1].device_id, client_id=talking[1].client_id, mcp=False)
         await newer.connect(server.ws_url)
         try:
             await talking[1].wait_closed(1.0)
