@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from voice.conf import PerformanceConfigError
 from voice.conf import load as load_performance
-from xiaozhi.env import database_from_url, env_bool, env_float, env_int, env_list, env_networks, env_str, env_time_zone
+from xiaozhi.env import database_from_url, env_bool, env_choice, env_float, env_int, env_list, env_networks, env_str, env_time_zone
 
 # Whisper (CTranslate2) and llama.cpp each bring an OpenMP runtime whose idle threads busy-wait by
 # default; in one process they starve each other on a small machine (LLM first token 2 s instead of
@@ -243,9 +243,7 @@ XIAOZHI_MAX_UTTERANCE_SECONDS = env_float("XIAOZHI_MAX_UTTERANCE_SECONDS", 30.0,
 # How uplink audio reaches the VAD (voice/workers/vad_batcher.py): "cross_session" scores many sessions'
 # chunks in shared model runs (at most XIAOZHI_VAD_MAX_BATCH sessions a run); "session" (one call per
 # session batch) and "packet" (one call per packet, the naive baseline) are kept for comparison.
-XIAOZHI_VAD_BATCHING = env_str("XIAOZHI_VAD_BATCHING", "cross_session")
-if XIAOZHI_VAD_BATCHING not in ("cross_session", "session", "packet"):
-    raise ImproperlyConfigured(f"XIAOZHI_VAD_BATCHING must be cross_session, session or packet, got {XIAOZHI_VAD_BATCHING!r}")
+XIAOZHI_VAD_BATCHING = env_choice("XIAOZHI_VAD_BATCHING", "cross_session", ("cross_session", "session", "packet"))
 XIAOZHI_VAD_MAX_BATCH = env_int("XIAOZHI_VAD_MAX_BATCH", 64, 1, 1024)
 XIAOZHI_HISTORY_TURNS = env_int("XIAOZHI_HISTORY_TURNS", 6, 0, 100)
 XIAOZHI_PACER_LEAD_FRAMES = env_int("XIAOZHI_PACER_LEAD_FRAMES", 2, 0, 10)
@@ -263,9 +261,7 @@ XIAOZHI_SYSTEM_PROMPT = env_str(
 XIAOZHI_MEMORY_ENABLED = env_bool("XIAOZHI_MEMORY_ENABLED", True)
 XIAOZHI_MEMORY_MAX_CHARS = env_int("XIAOZHI_MEMORY_MAX_CHARS", 500, 50, 4000)
 XIAOZHI_MEMORY_EVERY_TURNS = env_int("XIAOZHI_MEMORY_EVERY_TURNS", 10, 0, 1000)
-XIAOZHI_MEMORY_METHOD = env_str("XIAOZHI_MEMORY_METHOD", "auto")
-if XIAOZHI_MEMORY_METHOD not in ("auto", "llm", "extract"):
-    raise ImproperlyConfigured(f"XIAOZHI_MEMORY_METHOD must be auto, llm or extract, got {XIAOZHI_MEMORY_METHOD!r}")
+XIAOZHI_MEMORY_METHOD = env_choice("XIAOZHI_MEMORY_METHOD", "auto", ("auto", "llm", "extract"))
 # Devices waiting for an update in one process, and how long an update may wait for an idle LLM.
 XIAOZHI_MEMORY_QUEUE_SIZE = env_int("XIAOZHI_MEMORY_QUEUE_SIZE", 200, 1, 100000)
 XIAOZHI_MEMORY_DEFER_SECONDS = env_float("XIAOZHI_MEMORY_DEFER_SECONDS", 600.0, 1.0)
@@ -351,6 +347,9 @@ XIAOZHI_VISION_MAX_IMAGE_BYTES = env_int("XIAOZHI_VISION_MAX_IMAGE_BYTES", 2 * 1
 # Keep each photo in the database beside its question (bounded by the size limit above); off = size only.
 XIAOZHI_VISION_KEEP_IMAGES = env_bool("XIAOZHI_VISION_KEEP_IMAGES", False)
 XIAOZHI_MODEL_THREADS = env_int("XIAOZHI_MODEL_THREADS", 2, 1, 64)
+# Whisper's encoder window: "trimmed" to the utterance (~5x faster on a short turn, same word errors in
+# benchmarks/asr_window.py) or the standard 30 s "full" one (voice/providers/asr/whisper.py).
+XIAOZHI_WHISPER_WINDOW = env_choice("XIAOZHI_WHISPER_WINDOW", "trimmed", ("trimmed", "full"))
 # LLM generation in this process pauses (at most this long per token, 0 = never) while a reply's first
 # clause is being synthesised, so the first audio does not share the cores with the rest of the reply.
 XIAOZHI_FIRST_AUDIO_HOLD_MS = env_int("XIAOZHI_FIRST_AUDIO_HOLD_MS", 300, 0, 5000)

@@ -43,7 +43,8 @@ def _silero():
 def _whisper():
     from voice.providers.asr.whisper import WhisperASR
 
-    return WhisperASR(pool_size=_pool_size("asr"), threads=settings.XIAOZHI_MODEL_THREADS)
+    return WhisperASR(pool_size=_pool_size("asr"), threads=settings.XIAOZHI_MODEL_THREADS,
+                      window=settings.XIAOZHI_WHISPER_WINDOW)
 
 
 def _funasr():

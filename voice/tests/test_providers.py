@@ -3,6 +3,7 @@ bundled models themselves (marked ``models``; each loaded once for this module).
 import http.server
 import json
 import os
+import re
 import threading
 import time
 
@@ -357,10 +358,52 @@ def test_silero_batch_matches_one_stream_at_a_time(silero, speech):
 
 @pytest.mark.models
 def test_whisper_transcribes_piper_speech(whisper, speech):
+    assert whisper.window == "trimmed"  # the default
     text = whisper.transcribe(speech).lower()
     assert "kitchen" in text and "light" in text
     assert whisper.transcribe(np.zeros(16000, np.float32)) == ""
     assert whisper.transcribe(np.zeros(100, np.float32)) == ""
+
+
+@pytest.mark.models
+def test_whisper_windows_hear_the_same_words_and_the_trimmed_one_no_loop_or_noise(whisper, piper):
+    """The trimmed window's known failures, on clips where they were seen: a one-word answer it
+    repeated ("Yes. Yes. Yes"), a trailing restart ("Play some music. Play"), and words made up
+    for room noise. Whatever it returns must be what the full window hears."""
+    from voice.providers.asr.whisper import WhisperASR
+
+    full = WhisperASR(pool_size=1, threads=2, window="full")
+    for text in ("Yes.", "Goodbye.", "Play some music.", "What is the capital of France?"):
+        audio = np.concatenate(list(piper.synthesize(text)))
+        pcm = int16_to_float32(resample(audio, piper.sample_rate, 16000))
+        pad = np.zeros(4800, np.float32)
+        clip = np.concatenate([pad, pcm, pad])
+        assert words(whisper.transcribe(clip)) == words(full.transcribe(clip)), text
+    noise = np.random.default_rng(7).normal(0, 0.02, 32000).astype(np.float32)
+    assert whisper.transcribe(noise) == ""
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def test_whisper_cuts_a_decode_at_its_first_repeat():
+    from voice.providers.asr.whisper import looks_looped, without_repeats
+
+    assert without_repeats("Yes. Yes. Yes. Yes") == "Yes."
+    assert without_repeats("Play some music. Play") == "Play some music."
+    assert without_repeats("Turn it down. Then play music.") == "Turn it down. Then play music."
+    assert looks_looped("Goodbye Goodbye Goodbye Goodbye")
+    assert looks_looped("I am I am I am")
+    assert not looks_looped("What is the capital of France?")
+    assert not looks_looped("No, no. I said the kitchen light.")
+
+
+def test_a_whisper_window_that_does_not_exist_is_refused():
+    from voice.providers.asr.whisper import WhisperASR
+
+    with pytest.raises(ValueError, match="trimmed"):
+        WhisperASR(window="half")
 
 
 @pytest.mark.models

@@ -282,7 +282,7 @@ def test_an_unknown_batching_mode_stops_start_up_naming_the_setting(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert "XIAOZHI_VAD_BATCHING must be cross_session, session or packet, got 'sometimes'" in done.stderr
+    assert "XIAOZHI_VAD_BATCHING must be one of cross_session, session, packet, got 'sometimes'" in done.stderr
 
 
 @pytest.mark.models
