@@ -31,6 +31,7 @@ def main() -> None:
     from voice.audio.resample import resample
     from voice.providers.errors import LLMError
     from voice.providers.llm.openai_compat import OpenAICompatibleLLM
+    from voice.providers.remote import RetryPolicy
     from voice.providers.tts.edge import SAMPLE_RATE, EdgeTTS
     from voice.providers.tts.piper import PiperTTS
     from voice.tests.fake_edge import FakeEdgeServer, encode_mp3
@@ -64,9 +65,9 @@ def main() -> None:
             pass
         return (time.perf_counter() - started) * 1000
 
-    down = OpenAICompatibleLLM("http://127.0.0.1:9/v1", timeout=5, retries=2, backoff=0.25, breaker_failures=1000)
+    down = OpenAICompatibleLLM("http://127.0.0.1:9/v1", timeout=5, policy=RetryPolicy(2, 0.25, breaker_failures=1000))
     refused = [fail_ms(down) for _ in range(5)]
-    tripped = OpenAICompatibleLLM("http://127.0.0.1:9/v1", timeout=5, retries=2, backoff=0.25, breaker_failures=1)
+    tripped = OpenAICompatibleLLM("http://127.0.0.1:9/v1", timeout=5, policy=RetryPolicy(2, 0.25, breaker_failures=1))
     fail_ms(tripped)
     open_ms = [fail_ms(tripped) for _ in range(args.runs)]
     print("LLM server refusing connections (2 retries, 0.25 s backoff):")

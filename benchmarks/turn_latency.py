@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,12 +52,6 @@ PLAIN = [q for q in QUESTIONS if q not in (
     "What time is it?", "Say good night.", "Turn on the kitchen light.", "Play some music please.")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prepare(prefix: str) -> tuple[dict, dict]:
     """The server's environment (a temporary SQLite, never the developer's MySQL) and every
     question as 16 kHz Opus frames, synthesised here once so no turn waits for it."""
@@ -77,24 +70,13 @@ def prepare(prefix: str) -> tuple[dict, dict]:
     return env, {q: spoken_frames(q) for q in QUESTIONS}
 
 
-def start_server(env: dict, root: Path = ROOT, migrate: bool = True) -> tuple[subprocess.Popen, str]:
-    import httpx
+def start_server(stack: contextlib.ExitStack, env: dict, root: Path = ROOT, migrate: bool = True) -> str:
+    """A server for the benchmark (``loadtest.server.server_process``), stopped when ``stack``
+    closes; its log beside its database. Returns its base URL."""
+    from loadtest.server import server_process
 
-    if migrate:
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=root, env=env, check=True, capture_output=True)
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
-                               cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit("server did not start")
+    log_path = Path(tempfile.mkstemp(prefix="xiaozhi-bench-server-", suffix=".log")[1])
+    return stack.enter_context(server_process(env, log_path, migrate=migrate, root=root)).base
 
 
 async def run_turns(base: str, turns: int, mode: str, say) -> tuple[list, str]:
@@ -135,14 +117,10 @@ async def run_alternating(bases: list[str], turns: int, mode: str, say) -> tuple
 
 def main_ab(args, env, speech) -> None:
     overrides = dict(item.split("=", 1) for item in args.baseline_env)
-    candidate, base_c = start_server(env)
-    baseline, base_b = start_server({**env, **overrides}, migrate=False)  # same database, own device
-    try:
+    with contextlib.ExitStack() as stack:
+        base_c = start_server(stack, env)
+        base_b = start_server(stack, {**env, **overrides}, migrate=False)  # same database, own device
         (res_b, res_c), (id_b, id_c) = asyncio.run(run_alternating([base_b, base_c], args.turns, args.mode, speech.__getitem__))
-    finally:
-        for process in (candidate, baseline):
-            process.terminate()
-            process.wait(10)
     from devices.models import Turn
 
     reports = {}
@@ -181,12 +159,9 @@ def main():
     env, speech = prepare("xiaozhi-bench-")
     if args.baseline_env:
         return main_ab(args, env, speech)
-    process, base = start_server(env)
-    try:
+    with contextlib.ExitStack() as stack:
+        base = start_server(stack, env)
         results, device_id = asyncio.run(run_turns(base, args.turns, args.mode, speech.__getitem__))
-    finally:
-        process.terminate()
-        process.wait(10)
 
     from devices.models import Turn
 
@@ -206,20 +181,15 @@ def compare_tools(args) -> None:
     if args.before_root:
         variants.append(("code before tools", {}, Path(args.before_root)))
     servers = []
-    try:
+    with contextlib.ExitStack() as stack:
         for name, extra, root in variants:
             workdir = Path(tempfile.mkdtemp(prefix="xiaozhi-bench-variant-"))
             venv = dict(env, SQLITE_PATH=str(workdir / "db.sqlite3"), XIAOZHI_DATA_DIR=str(workdir), **extra)
-            process, base = start_server(venv, root)
-            servers.append((name, process, base, workdir / "db.sqlite3"))
-        results = asyncio.run(_interleaved([base for _, _, base, _ in servers], args.turns, args.mode, speech))
-    finally:
-        for _, process, _, _ in servers:
-            process.terminate()
-            process.wait(10)
+            servers.append((name, start_server(stack, venv, root), workdir / "db.sqlite3"))
+        results = asyncio.run(_interleaved([base for _, base, _ in servers], args.turns, args.mode, speech))
     report = {"machine": f"{os.cpu_count()} cores", "mode": args.mode, "turns_each": args.turns,
               "questions": PLAIN[:args.turns], "variants": {}}
-    for (name, _, _, db), (turns, device_id) in zip(servers, results):
+    for (name, _, db), (turns, device_id) in zip(servers, results):
         rows = _rows(db, device_id)
         ttfa = [t.first_audio_ms for t in turns if t.first_audio_ms is not None]
         report["variants"][name] = {

@@ -70,19 +70,20 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def server_process(env: Mapping[str, str], log_path: Path, startup_timeout: float = 180,
-                   migrate: bool = True) -> Iterator[ServerProcess]:
+                   migrate: bool = True, root: Path = ROOT) -> Iterator[ServerProcess]:
     """The production server process (``python -m xiaozhi.server``, as ``make run`` starts it) on a
     free port with ``env``, its database migrated first; yielded once ``/health`` answers 200,
-    stopped on exit. The one way the load test, the benchmarks and the tests start a server."""
+    stopped on exit. The one way the load test, the benchmarks and the tests start a server.
+    ``root``: the checkout to run (a benchmark compares against an older one)."""
     import httpx
 
     if migrate:
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=dict(env), check=True,
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=root, env=dict(env), check=True,
                        capture_output=True)
     port = free_port()
     log = open(log_path, "w+")
     process = subprocess.Popen([sys.executable, "-m", "xiaozhi.server", "-b", "127.0.0.1", "-p", str(port)],
-                               cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+                               cwd=root, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
     running = ServerProcess(process, port, Path(log_path), dict(env))
     try:
         deadline = time.monotonic() + startup_timeout  # models load and warm before the port opens

@@ -69,13 +69,14 @@ def _smollm2():
     )
 
 
-def _retry_policy(kind: str):
-    """Retries and breaker of an OpenAI-compatible provider of ``kind``, from its settings; a retry
-    may start until the turn's wait for the call's first result (first token, first audio) ends."""
+def _retry_policy(kind: str, settings_kind: str | None = None):
+    """Retries and breaker of an OpenAI-compatible provider of ``kind``, from the settings of
+    ``settings_kind`` (default ``kind``); a retry may start until the turn's wait for the call's
+    first result (first token, first audio) ends."""
     from voice.conf import service_limits
     from voice.providers.remote import RetryPolicy
 
-    limits, prefix = service_limits(kind), f"XIAOZHI_{kind.upper()}_"
+    limits, prefix = service_limits(kind), f"XIAOZHI_{(settings_kind or kind).upper()}_"
     return RetryPolicy(
         retries=getattr(settings, prefix + "RETRIES"),
         backoff=getattr(settings, prefix + "RETRY_BACKOFF_SECONDS"),
@@ -89,19 +90,13 @@ def _openai():
     from voice.conf import service_limits
     from voice.providers.llm.openai_compat import OpenAICompatibleLLM
 
-    policy = _retry_policy("llm")
     return OpenAICompatibleLLM(
         settings.XIAOZHI_LLM_BASE_URL,
         api_key=settings.XIAOZHI_LLM_API_KEY,
         model=settings.XIAOZHI_LLM_MODEL,
         timeout=service_limits("llm").timeout,
         max_tokens=settings.XIAOZHI_LLM_MAX_TOKENS,
-        retries=policy.retries,
-        backoff=policy.backoff,
-        # Retries happen before the first token, which the turn waits for only this long.
-        retry_budget=policy.budget,
-        breaker_failures=policy.breaker_failures,
-        breaker_cooldown=policy.breaker_cooldown,
+        policy=_retry_policy("llm"),
     )
 
 
@@ -148,10 +143,8 @@ def _openai_vision():
         timeout=service_limits("vllm").timeout,
         max_tokens=settings.XIAOZHI_VLLM_MAX_TOKENS,
         system_prompt=settings.XIAOZHI_VLLM_PROMPT,
-        retries=settings.XIAOZHI_LLM_RETRIES,
-        backoff=settings.XIAOZHI_LLM_RETRY_BACKOFF_SECONDS,
-        breaker_failures=settings.XIAOZHI_LLM_BREAKER_FAILURES,
-        breaker_cooldown=settings.XIAOZHI_LLM_BREAKER_COOLDOWN_SECONDS,
+        # the LLM's retry settings; the whole answer is waited for (vllm has no first-token wait)
+        policy=_retry_policy("vllm", settings_kind="llm"),
     )
 
 

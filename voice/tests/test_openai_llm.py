@@ -96,9 +96,14 @@ def server():
     httpd.server_close()
 
 
-def llm_for(server, **options):
-    options = {"timeout": 5.0, "retries": 2, "backoff": 0.01, "breaker_failures": 5, "breaker_cooldown": 30.0, **options}
-    return OpenAICompatibleLLM(server.url, **options)
+def llm_for(server, timeout=5.0, retry_budget=None, **options):
+    """The provider with these retry settings (``RetryPolicy``'s fields; ``retry_budget`` its budget)."""
+    from voice.providers.remote import RetryPolicy
+
+    policy = {"retries": 2, "backoff": 0.01, "breaker_failures": 5, "breaker_cooldown": 30.0}
+    model = {k: options.pop(k) for k in list(options) if k not in policy}
+    return OpenAICompatibleLLM(server.url, timeout=timeout, policy=RetryPolicy(**{**policy, **options}, budget=retry_budget),
+                               **model)
 
 
 def ask(llm, cancel=None):

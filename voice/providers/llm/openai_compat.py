@@ -34,15 +34,10 @@ class OpenAICompatibleLLM:
         timeout: float = 30.0,
         max_tokens: int = 80,
         temperature: float = 0.3,
-        retries: int = 2,
-        backoff: float = 0.25,
-        retry_budget: float | None = None,
-        breaker_failures: int = 5,
-        breaker_cooldown: float = 30.0,
+        policy: RetryPolicy = RetryPolicy(),
     ):
-        """``retries``: extra attempts before the first token; ``backoff``: the first retry's
-        delay in seconds, doubled each time; ``retry_budget``: seconds from the start of a request
-        within which a retry may still start (default ``timeout``)."""
+        """``policy``: retries happen before the first token, so its budget should be what the turn
+        waits for that token (the registry passes it); None there means ``timeout``."""
         if not base_url:
             raise ProviderUnavailable(
                 "the openai LLM provider needs a server: set XIAOZHI_LLM_BASE_URL "
@@ -55,7 +50,7 @@ class OpenAICompatibleLLM:
         self.temperature = temperature
         self.endpoint = RemoteEndpoint(
             "LLM server", self.url, LLMError, stats="llm", timeout=timeout, api_key=api_key,
-            policy=RetryPolicy(retries, backoff, retry_budget, breaker_failures, breaker_cooldown),
+            policy=policy,
             headers={"Accept": "text/event-stream"},
         )
         self.breaker = self.endpoint.breaker

@@ -26,8 +26,8 @@ class OpenAIVision:
     name = "openai"
 
     def __init__(self, base_url: str | None, api_key: str | None = None, model: str | None = None,
-                 timeout: float = 20.0, max_tokens: int = 120, system_prompt: str = "", retries: int = 2,
-                 backoff: float = 0.25, breaker_failures: int = 5, breaker_cooldown: float = 30.0):
+                 timeout: float = 20.0, max_tokens: int = 120, system_prompt: str = "",
+                 policy: RetryPolicy = RetryPolicy()):
         if not base_url:
             raise ProviderUnavailable(
                 "the openai vision provider needs a server: set XIAOZHI_VLLM_BASE_URL "
@@ -36,10 +36,9 @@ class OpenAIVision:
         self.model = model
         self.max_tokens = max_tokens
         self.system_prompt = system_prompt
-        # The whole answer is waited for, so retries may use the whole timeout.
+        # The whole answer is waited for, so retries may use the whole timeout (a budget of None).
         self.endpoint = RemoteEndpoint("vision server", self.url, VisionError, stats="vision", timeout=timeout,
-                                       api_key=api_key,
-                                       policy=RetryPolicy(retries, backoff, timeout, breaker_failures, breaker_cooldown))
+                                       api_key=api_key, policy=policy)
         self.breaker = self.endpoint.breaker
 
     def messages(self, question: str, image: bytes, mime: str) -> list[dict]:
