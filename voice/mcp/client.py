@@ -204,7 +204,7 @@ class McpClient:
                 log.warning("device %s: tools/list result is malformed: %.200r", self.device, result)
                 break
             for raw in result.get("tools", []):
-                tool = _tool(raw)
+                tool = tool_from_mcp(raw)
                 if tool is None:
                     log.warning("device %s: malformed tool skipped: %.200r", self.device, raw)
                 elif tool.name in seen:
@@ -253,7 +253,8 @@ def _error_message(reply: Mapping) -> str:
     return str(error)[:200]
 
 
-def _tool(raw) -> Tool | None:
+def tool_from_mcp(raw) -> Tool | None:
+    """One entry of a ``tools/list`` page as a Tool; None if it has no usable name."""
     if not isinstance(raw, Mapping):
         return None
     name = raw.get("name")

@@ -65,6 +65,16 @@ def session_toolset(mcp=None, device_id: str | None = None, session_id: str = ""
                    context=ToolContext(device_id=device_id, session_id=session_id))
 
 
+def stock_toolset() -> Toolset:
+    """The tools of a device running the stock firmware (its common tools, ``voice.mcp.firmware``)
+    and the server's: what most sessions are offered, so what is worth preparing at start-up."""
+    from voice.mcp.client import tool_from_mcp
+    from voice.mcp.firmware import FIRMWARE_TOOLS
+    from voice.tools.server import server_tools
+
+    return Toolset([tool_from_mcp(t) for t in FIRMWARE_TOOLS], server_tools())
+
+
 async def start_device_tools(mcp, llm_service, llm_name: str, vision=None, device_id: str | None = None,
                              session_id: str = "") -> None:
     """After the hello: list the device's tools over MCP (``McpClient.start``), then let the LLM

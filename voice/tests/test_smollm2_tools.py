@@ -146,3 +146,26 @@ async def test_a_whole_tool_turn_on_the_bundled_model():
         assert steps == [("get_time", {})] and reply.startswith("It is ")
     finally:
         llm.close()
+
+
+@pytest.mark.models
+def test_start_up_prepares_the_tool_decision_for_a_stock_device():
+    """What a stock device's session offers (its tools as the MCP client reads them from the
+    simulated firmware, and the server's) is already evaluated on the router once the server has
+    warmed the model, so the first sessions after a start do not wait seconds for it."""
+    from loadtest.device_tools import FirmwareTools
+    from voice.mcp.client import tool_from_mcp
+    from voice.providers.llm.smollm2 import SmolLM2LLM
+    from voice.providers.llm.tool_router import chatml_prompt
+    from voice.providers.registry import _prepare_stock_tools
+
+    llm = SmolLM2LLM()
+    try:
+        _prepare_stock_tools(llm)
+        session = Toolset([tool_from_mcp(t) for t in FirmwareTools().tools], server_tools()).specs()
+        [router] = llm._router_pool().instances
+        prefix = router.tokenize(chatml_prompt(router_messages(session)).encode(), special=True)
+        evaluated = list(router._input_ids)
+        assert len(prefix) > 500 and evaluated[:len(prefix) - 8] == prefix[:len(prefix) - 8]
+    finally:
+        llm.close()
