@@ -110,7 +110,12 @@ async def ask(device_id: str, command: dict, result_seconds: float | None = None
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
-    reply_to = await layer.new_channel("device-command-reply.")
+    # The default prefix, as every consumer of this process has: channels-redis lets one receive
+    # of a process at a time read Redis, and it reads only the list its own channel's prefix names,
+    # for every waiter. A reply channel of another prefix was read only while no consumer of this
+    # process was receiving: with a device served here, its answer sat in Redis unread (the result
+    # of a tool call timed out, or a device on another process was reported not connected).
+    reply_to = await layer.new_channel()
     await layer.group_send(device_group(device_id), {"type": COMMAND, "reply_to": reply_to, **command})
     try:
         async with asyncio.timeout(ACK_SECONDS):

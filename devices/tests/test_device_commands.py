@@ -260,6 +260,20 @@ async def test_across_processes_the_alert_and_the_reboot_reach_the_device(remote
 
 
 @pytest.mark.e2e
+async def test_across_processes_a_command_is_answered_while_this_process_serves_a_device(
+        remote_device, connect_device, staff):
+    """The admin's process holds a device of its own, whose consumer waits on the channel layer.
+    channels-redis lets one receive at a time read a process's messages from Redis, for the other
+    waiters of that process: the admin's reply channel must be one that reader reads, or the other
+    process's answer is never picked up and the device is reported "not connected"."""
+    await connect_device()  # served here: its consumer is receiving before the admin asks
+    device, pk = remote_device
+    response = await post(staff, f"{DEVICES_URL}{pk}/reboot/")
+    assert (await received(device, System)).command == "reboot"
+    assert page_messages(response) == [f"{device.device_id}: Reboot requested."]
+
+
+@pytest.mark.e2e
 async def test_across_processes_a_tool_call_returns_the_devices_answer(remote_device, staff):
     device, pk = remote_device
     mcp = FirmwareMcp(device, answer=lambda name, arguments: {"result": {
