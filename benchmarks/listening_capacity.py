@@ -121,7 +121,8 @@ async def generate(ws_url: str, devices: int, duration: float, frames_path: Path
     for i in range(devices):
         mac = f"02:1c:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:00"
         ws = await connect(ws_url, additional_headers={"Device-Id": mac, "Client-Id": f"listen-{i}", "Protocol-Version": "1"},
-                           compression=None, open_timeout=30, max_queue=64)
+                           compression=None, open_timeout=30, max_queue=64,
+                           ping_interval=None)  # the firmware sends no pings; a server behind must not end the run
         await ws.send(json.dumps({"type": "hello", "version": 1, "transport": "websocket",
                                   "audio_params": {"format": "opus", "sample_rate": 16000, "channels": 1, "frame_duration": 60}}))
         await ws.recv()  # the server's hello
@@ -203,6 +204,7 @@ def summarise_asking(turns: list[dict], counters_first: dict, counters_last: dic
             "ttfa_ms_p50": round(statistics.median(ttfa), 1) if ttfa else None,
             "ttfa_ms_p90": round(percentile(ttfa, 0.9), 1) if ttfa else None,
             "ttfa_ms": [round(x) for x in ttfa],
+            "stt_ms": [round(t["stt_ms"]) for t in turns if t["stt_ms"] is not None],  # speech end -> transcript
             "underruns": sum(t["underruns"] for t in turns), "underrun_seconds": round(sum(t["underrun_seconds"] for t in turns), 3),
             "audio_lost_hot": delta("audio_lost_hot"), "audio_dropped_hot": delta("audio_dropped_hot")}
 
@@ -249,6 +251,7 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
            # every simulated device comes from 127.0.0.1, which reads the API without a token here
            "XIAOZHI_RATE_LIMIT_EXEMPT": "127.0.0.1", "XIAOZHI_MONITORING_PUBLIC": "true",
            "XIAOZHI_PERF__SERVICES__VAD__QUEUE_SIZE": str(2 * devices + 50)}
+    env.update(item.split("=", 1) for item in args.server_env)
     with local_server("fake", env=env) as base:
         server = psutil.Process(_server_pid())
         ws_url = base.replace("http://", "ws://") + "/xiaozhi/v1/"
@@ -410,6 +413,8 @@ def main() -> None:
     parser.add_argument("--noise-level", type=float, default=0.01)
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--asking", type=int, default=0, choices=(0, 1), help="1: one device asks questions among the listeners")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the server (repeatable), e.g. to compare a setting")
     parser.add_argument("--tag", default="", help="output file name part: listening-<tag>-<mode>.json")
     args = parser.parse_args()
     if args.command == "generate":
@@ -469,7 +474,7 @@ def main() -> None:
     for mode in modes:
         summary = {"mode": mode, "capacity_devices": passed[mode], "first_failure_devices": failed[mode], "audio": audio,
                    "settings": {k: getattr(args, k) for k in ("duration", "warmup", "max_batch", "max_growth",
-                                                              "max_generator_lateness_ms", "asking")},
+                                                              "max_generator_lateness_ms", "asking", "server_env")},
                    "machine": {"cpus": os.cpu_count()}, "command": " ".join(sys.argv),
                    "steps": sorted(results[mode], key=lambda r: r["devices"])}
         out = args.output_dir / (f"listening-{args.tag}-{mode}.json" if args.tag else f"listening-{mode}.json")

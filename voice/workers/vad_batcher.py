@@ -33,12 +33,16 @@ from voice.pipeline.listener import DecodedBatch, Listener, SpeechStarted, Utter
 from voice.workers import InProcessService, ServiceBusy
 
 MODES = ("cross_session", "session", "packet")
-MAX_SESSIONS_PER_CYCLE = 256
-# Bounds one cycle's work (~0.2 s of one core at ~0.2 ms a packet), so a cycle never nears the VAD
+# Small cycles: a session with speech in progress waits for the cycle under way before its own turn, so
+# the cycle's length is added to its lag (benchmarks/README.md "Listening under load": with 400 devices
+# listening, an asking device's TTFA p50 was ~1.0 s at 256 sessions / 1024 packets a cycle, 0.44-0.54 s
+# at 128 / 256; at 64 / 128 the loop's round trip per cycle made it worse again).
+MAX_SESSIONS_PER_CYCLE = 128
+# Bounds one cycle's work (~50 ms of one core at ~0.2 ms a packet), so a cycle never nears the VAD
 # service's timeout: a timed-out cycle keeps the thread busy, the next one waits behind it and times
 # out too, and the server stops hearing anyone. Under overload the backlog waits in the sessions'
 # bounded queues instead (their oldest packets are dropped, and counted).
-MAX_PACKETS_PER_CYCLE = 1024
+MAX_PACKETS_PER_CYCLE = 256
 MAX_WAITING_JOBS = 4096  # one job per session is the norm; beyond this the batcher refuses (busy)
 # A noise-only session's stale job keeps this many of its newest packets to decode (>= the listener's
 # START_CHUNKS of 32 ms), so speech that has begun is still heard in them.
