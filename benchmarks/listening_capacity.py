@@ -23,6 +23,14 @@ its 60 ms clock (send lateness p95 above ``--max-generator-lateness-ms``).
         --duration 40 --output-dir benchmarks/results
 
 writes ``listening-<mode>.json`` per mode (every step, with its samples) and prints a table.
+
+``--asking 1`` adds one device that asks questions among the listeners (issue 12, goal 4): the
+simulated device (``loadtest.simulated_device``, in a third process, ``ask``) speaks a Piper question
+in auto mode, waits for the answer and asks again, for the whole window. Its turns' TTFA (last speech
+frame -> first audio frame), stutter (``loadtest.playout``: underruns) and the server's counters of audio
+lost or dropped from sessions with speech in progress (``audio_lost_hot``, ``audio_dropped_hot``) are in
+the step's ``asking`` part. ``--steps 0`` is the idle baseline (the asking device alone). ``--tag`` names
+the output (``listening-<tag>-<mode>.json``) so runs do not overwrite each other.
 """
 from __future__ import annotations
 
@@ -113,7 +121,8 @@ async def generate(ws_url: str, devices: int, duration: float, frames_path: Path
     for i in range(devices):
         mac = f"02:1c:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:00"
         ws = await connect(ws_url, additional_headers={"Device-Id": mac, "Client-Id": f"listen-{i}", "Protocol-Version": "1"},
-                           compression=None, open_timeout=30, max_queue=64)
+                           compression=None, open_timeout=30, max_queue=64,
+                           ping_interval=None)  # the firmware sends no pings; a server behind must not end the run
         await ws.send(json.dumps({"type": "hello", "version": 1, "transport": "websocket",
                                   "audio_params": {"format": "opus", "sample_rate": 16000, "channels": 1, "frame_duration": 60}}))
         await ws.recv()  # the server's hello
@@ -151,6 +160,53 @@ async def generate(ws_url: str, devices: int, duration: float, frames_path: Path
     for task in readers:
         task.cancel()
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+# -- the asking device (a separate process) ---------------------------------------------------------------------
+QUESTION = "What is the capital of France?"
+
+
+def prepare_question(path: Path) -> None:
+    from loadtest.simulated_device import spoken_frames
+
+    with open(path, "wb") as out:
+        for frame in spoken_frames(QUESTION):
+            out.write(struct.pack("<H", len(frame)) + frame)
+
+
+async def ask(ws_url: str, frames_path: Path, wait: float, duration: float, gap: float) -> None:
+    """After ``wait`` s, ask the question again and again for ``duration`` s, printing a JSON line per
+    turn: TTFA, stt, frames received, underruns (the firmware's playout simulated)."""
+    from loadtest.playout import simulate
+    from loadtest.simulated_device import SimulatedDevice
+
+    frames = read_frames(frames_path)
+    device = SimulatedDevice(device_id="02:aa:aa:aa:aa:01", client_id="asking-device", keep_audio=False, mcp=False)
+    await device.connect(ws_url)
+    await asyncio.sleep(wait)
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        result = await device.turn(frames, mode="auto", timeout=20)
+        arrivals = [e.at for e in result.events if e.kind == "audio"]
+        playout = simulate(arrivals)
+        print(json.dumps({"event": "turn", "t": time.monotonic(), "ttfa_ms": result.first_audio_ms, "stt": result.stt,
+                          "stt_ms": result.stt_ms, "audio_frames": len(arrivals), "stopped": result.stopped,
+                          "underruns": playout.underruns, "underrun_seconds": round(playout.underrun_seconds, 3),
+                          "overflows": playout.overflows}), flush=True)
+        await asyncio.sleep(gap)
+    await device.close()
+
+
+def summarise_asking(turns: list[dict], counters_first: dict, counters_last: dict) -> dict:
+    ttfa = [t["ttfa_ms"] for t in turns if t["ttfa_ms"] is not None]
+    delta = lambda key: counters_last.get(key, 0) - counters_first.get(key, 0)  # noqa: E731
+    return {"turns": len(turns), "answered": sum(1 for t in turns if t["ttfa_ms"] is not None and t["stopped"]),
+            "ttfa_ms_p50": round(statistics.median(ttfa), 1) if ttfa else None,
+            "ttfa_ms_p90": round(percentile(ttfa, 0.9), 1) if ttfa else None,
+            "ttfa_ms": [round(x) for x in ttfa],
+            "stt_ms": [round(t["stt_ms"]) for t in turns if t["stt_ms"] is not None],  # speech end -> transcript
+            "underruns": sum(t["underruns"] for t in turns), "underrun_seconds": round(sum(t["underrun_seconds"] for t in turns), 3),
+            "audio_lost_hot": delta("audio_lost_hot"), "audio_dropped_hot": delta("audio_dropped_hot")}
 
 
 # -- one step: a fresh server, N devices -----------------------------------------------------------------------
@@ -195,6 +251,7 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
            # every simulated device comes from 127.0.0.1, which reads the API without a token here
            "XIAOZHI_RATE_LIMIT_EXEMPT": "127.0.0.1", "XIAOZHI_MONITORING_PUBLIC": "true",
            "XIAOZHI_PERF__SERVICES__VAD__QUEUE_SIZE": str(2 * devices + 50)}
+    env.update(item.split("=", 1) for item in args.server_env)
     with local_server("fake", env=env) as base:
         server = psutil.Process(_server_pid())
         ws_url = base.replace("http://", "ws://") + "/xiaozhi/v1/"
@@ -203,6 +260,7 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
             [sys.executable, __file__, "generate", "--ws", ws_url, "--devices", str(devices), "--duration", str(total),
              "--frames", str(frames_path)], stdout=subprocess.PIPE, cwd=ROOT)
         gen_process = psutil.Process(generator.pid)
+        asker, ask_lines, ask_buffer, counters_first = None, [], "", None
         reports, polls = [], []
         os.set_blocking(generator.stdout.fileno(), False)
         client = httpx.Client(timeout=10)
@@ -218,6 +276,15 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
                     reports.append(report)
                     if report["event"] == "streaming":
                         streaming_at = report["t"]
+                        if args.asking:
+                            asker = subprocess.Popen(
+                                [sys.executable, __file__, "ask", "--ws", ws_url, "--frames", str(frames_path.with_name("question.bin")),
+                                 "--wait", str(args.warmup), "--duration", str(args.duration - 4)], stdout=subprocess.PIPE, cwd=ROOT)
+                            os.set_blocking(asker.stdout.fileno(), False)
+            if asker is not None:
+                ask_buffer += (asker.stdout.read() or b"").decode()
+                *lines, ask_buffer = ask_buffer.split("\n")
+                ask_lines += [json.loads(line) for line in lines if line.strip()]
             if generator.poll() is not None and not chunk:
                 break
             if streaming_at is not None:
@@ -229,7 +296,11 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
                     gen_cpu = sum(gen_process.cpu_times()[:2])
                 except psutil.NoSuchProcess:
                     gen_cpu = None
+                if counters_first is None and now >= streaming_at + args.warmup:
+                    counters_first = counters
+                counters_last = counters
                 polls.append({"t": now, "heard": counters.get("vad_packets", 0), "dropped": counters.get("audio_dropped", 0),
+                              "shed": counters.get("vad_shed_packets", 0), "gated": counters.get("vad_gated_packets", 0),
                               "lost": counters.get("audio_lost", 0), "pending": gauges.get("vad_pending_packets", 0),
                               "lag_ms": perf["latency_ms"].get("vad_lag_ms"), "turns": counters.get("turns", 0),
                               "chunks": counters.get("vad_chunks", 0), "runs": counters.get("vad_model_runs", 0),
@@ -238,7 +309,15 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
         client.close()
         if generator.returncode != 0:
             raise RuntimeError(f"the generator failed with exit code {generator.returncode}")
-    return summarise(mode, devices, args, reports, polls, streaming_at)
+        if asker is not None:
+            rest, _ = asker.communicate(timeout=60)
+            ask_lines += [json.loads(line) for line in (ask_buffer + rest.decode()).split("\n") if line.strip()]
+            if asker.returncode != 0:
+                raise RuntimeError(f"the asking device failed with exit code {asker.returncode}")
+    step = summarise(mode, devices, args, reports, polls, streaming_at)
+    if args.asking:
+        step["asking"] = summarise_asking(ask_lines, counters_first or {}, counters_last)
+    return step
 
 
 def summarise(mode, devices, args, reports, polls, streaming_at) -> dict:
@@ -259,7 +338,7 @@ def summarise(mode, devices, args, reports, polls, streaming_at) -> dict:
     offered = devices / FRAME_SECONDS
     slope = _slope(backlog)  # packets/s the backlog grows by
     span = window[-1]["t"] - window[0]["t"]
-    growth_s_per_device = slope * span / devices * FRAME_SECONDS
+    growth_s_per_device = slope * span / max(devices, 1) * FRAME_SECONDS
     first, last = window[0], window[-1]
     cpu = lambda key: round(100 * (last[key] - first[key]) / span, 1) if last[key] is not None and first[key] is not None else None  # noqa: E731
     gen_window = [r for r in progress if begin <= r["t"] <= end]
@@ -281,6 +360,8 @@ def summarise(mode, devices, args, reports, polls, streaming_at) -> dict:
         "pending_packets_median": statistics.median(p["pending"] for p in window),  # in the sessions' queues
         "backlog_packets_median": round(statistics.median(b for _, b in backlog)),  # anywhere: socket, Daphne, queues
         "dropped_packets": dropped, "lost_packets": lost,
+        # left undecoded by design (noise-only sessions, overload) / decoded but too quiet for Silero
+        "shed_packets": last["shed"] - first["shed"], "gated_packets": last["gated"] - first["gated"],
         "vad_lag_ms_p50_median": round(statistics.median(lag_p50), 1) if lag_p50 else None,
         "vad_lag_ms_p95_median": round(statistics.median(lag_p95), 1) if lag_p95 else None,
         "vad_lag_ms_p95_max": round(max(lag_p95), 1) if lag_p95 else None,
@@ -311,6 +392,12 @@ def main() -> None:
     gen.add_argument("--duration", type=float, required=True)
     gen.add_argument("--frames", type=Path, required=True)
     gen.add_argument("--report-every", type=float, default=0.5)
+    asker = sub.add_parser("ask", help="(internal) the asking device's process")
+    asker.add_argument("--ws", required=True)
+    asker.add_argument("--frames", type=Path, required=True)
+    asker.add_argument("--wait", type=float, required=True)
+    asker.add_argument("--duration", type=float, required=True)
+    asker.add_argument("--gap", type=float, default=1.0)
     parser.add_argument("--modes", default="packet,session,cross_session", help="XIAOZHI_VAD_BATCHING values to measure")
     parser.add_argument("--steps", default="50,100,150,200,300,400", help="device counts, ascending")
     parser.add_argument("--refine", type=int, default=0,
@@ -325,14 +412,27 @@ def main() -> None:
     parser.add_argument("--speech-gain", type=float, default=0.02)
     parser.add_argument("--noise-level", type=float, default=0.01)
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--asking", type=int, default=0, choices=(0, 1), help="1: one device asks questions among the listeners")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the server (repeatable), e.g. to compare a setting")
+    parser.add_argument("--tag", default="", help="output file name part: listening-<tag>-<mode>.json")
     args = parser.parse_args()
     if args.command == "generate":
         asyncio.run(generate(args.ws, args.devices, args.duration, args.frames, args.report_every))
+        return
+    if args.command == "ask":
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xiaozhi.settings")
+        import django
+
+        django.setup()
+        asyncio.run(ask(args.ws, args.frames, args.wait, args.duration, args.gap))
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="xiaozhi-listening-"))
     frames_path = workdir / "frames.bin"
     audio = prepare_frames(frames_path, args.speech_gain, args.noise_level)
+    if args.asking:
+        prepare_question(workdir / "question.bin")
     print(f"audio: {audio}", flush=True)
     steps = [int(s) for s in args.steps.split(",")]
     modes = args.modes.split(",")
@@ -353,7 +453,10 @@ def main() -> None:
               f"{step['server_cpu_percent']['other_threads']} %, generator CPU {step['generator_cpu_percent']} % late p95 "
               f"{step['generator_lateness_p95_ms_median']} ms, CPU us/packet loop/other "
               f"{step['server_cpu_us_per_packet']['event_loop_thread']}/{step['server_cpu_us_per_packet']['other_threads']}, "
-              f"chunks/run {step['chunks_per_model_run']}, load {step['load_average_before']}", flush=True)
+              f"chunks/run {step['chunks_per_model_run']}, shed {step['shed_packets']}, gated {step['gated_packets']}, "
+              f"load {step['load_average_before']}", flush=True)
+        if "asking" in step:
+            print(f"{'':>13} asking device: {json.dumps({k: v for k, v in step['asking'].items() if k != 'ttfa_ms'})}", flush=True)
         if step["keeps_up"]:
             passed[mode] = max(passed[mode] or 0, devices)
         else:
@@ -371,10 +474,10 @@ def main() -> None:
     for mode in modes:
         summary = {"mode": mode, "capacity_devices": passed[mode], "first_failure_devices": failed[mode], "audio": audio,
                    "settings": {k: getattr(args, k) for k in ("duration", "warmup", "max_batch", "max_growth",
-                                                              "max_generator_lateness_ms")},
+                                                              "max_generator_lateness_ms", "asking", "server_env")},
                    "machine": {"cpus": os.cpu_count()}, "command": " ".join(sys.argv),
                    "steps": sorted(results[mode], key=lambda r: r["devices"])}
-        out = args.output_dir / f"listening-{mode}.json"
+        out = args.output_dir / (f"listening-{args.tag}-{mode}.json" if args.tag else f"listening-{mode}.json")
         out.write_text(json.dumps(summary, indent=1))
         print(f"{mode}: keeps up with {passed[mode]} devices (first failure at {failed[mode]}) -> {out}", flush=True)
 

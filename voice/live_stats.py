@@ -34,7 +34,11 @@ _turn_times: collections.deque = collections.deque(maxlen=10000)  # monotonic en
 #   counters vad_packets (heard), audio_dropped (queue full), audio_lost (VAD busy/failed),
 #   vad_chunks and vad_model_runs (chunks per run = the VAD's batch size), vad_batch_cycles and
 #   vad_batch_sessions (cross-session batching); sample vad_lag_ms: a packet batch's oldest packet,
-#   from its arrival to the end of its VAD processing.
+#   from its arrival to the end of its VAD processing. What listening under load saves or sheds:
+#   vad_gated_packets (decoded, too quiet for Silero: energy_gate.py), vad_shed_packets (a noise-only
+#   session's stale packets left undecoded under overload: vad_batcher.py), and audio_dropped_hot /
+#   audio_lost_hot (the part of audio_dropped / audio_lost that belonged to a session with speech in
+#   progress or just heard: what must stay 0).
 
 
 def incr(name: str, amount: float = 1) -> None:

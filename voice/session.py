@@ -24,6 +24,7 @@ from voice.activation import ActivationPrompt
 from voice.conf import mcp_limits
 from voice.mcp import McpClient
 from voice.pipeline import end_of_turn, phrase_cache
+from voice.pipeline.energy_gate import GateSettings
 from voice.pipeline.listener import Listener, Pause, SpeechResumed, SpeechStarted, Utterance
 from voice.pipeline.packet_queue import PacketQueue
 from voice.pipeline.pacer import Pacer
@@ -160,6 +161,7 @@ class VoiceSession:
             threshold=config.vad_threshold,
             max_seconds=config.max_utterance_seconds,
             pause_ms=config.vad_pause_ms,
+            gate=GateSettings.from_settings(),
         )
         self._turn_model = end_of_turn.load_model() if config.vad_pause_ms else None
         self.speculation = SpeculativeASR(self._transcribe, self._end_of_turn, judge=self._judge,
@@ -274,7 +276,8 @@ class VoiceSession:
             return
         state = self.state
         if state == LISTENING or (self.mode == "realtime" and state in (THINKING, SPEAKING)):
-            self._pending.put(frame.payload, time.monotonic())  # a full queue drops its oldest (counted there)
+            if not self._pending.put(frame.payload, time.monotonic()) and self.listener.hot:
+                live_stats.incr("audio_dropped_hot")  # of a session whose speech matters (audio_dropped counts all)
             self._audio_ready.set()
 
     def _count_bad_frame(self, exc: ProtocolError) -> None:
@@ -430,6 +433,8 @@ class VoiceSession:
 
     def _lost_audio(self, batch: list, exc: Exception) -> None:
         live_stats.incr("audio_lost", len(batch))
+        if self.listener.hot:
+            live_stats.incr("audio_lost_hot", len(batch))
         live_stats.incr(f"errors:vad:{type(exc).__name__}")
         log.warning("session %s: %d audio packets lost: %s", self.config.session_id, len(batch), exc)
 

@@ -245,6 +245,17 @@ XIAOZHI_MAX_UTTERANCE_SECONDS = env_float("XIAOZHI_MAX_UTTERANCE_SECONDS", 30.0,
 # session batch) and "packet" (one call per packet, the naive baseline) are kept for comparison.
 XIAOZHI_VAD_BATCHING = env_choice("XIAOZHI_VAD_BATCHING", "cross_session", ("cross_session", "session", "packet"))
 XIAOZHI_VAD_MAX_BATCH = env_int("XIAOZHI_VAD_MAX_BATCH", 64, 1, 1024)
+# Listening under load (voice/pipeline/energy_gate.py, voice/workers/vad_batcher.py). The energy gate: a
+# decoded packet quieter than MARGIN_DB above the session's running noise floor, or than FLOOR_DBFS, is
+# silence without a Silero run (counted in vad_gated_packets). Shedding: a noise-only session's packets that
+# waited longer than SHED_AFTER_MS for the VAD are kept undecoded, all but its newest few (vad_shed_packets;
+# 0 = never shed); sessions with speech in progress are served first and never shed.
+XIAOZHI_VAD_ENERGY_GATE = env_bool("XIAOZHI_VAD_ENERGY_GATE", True)
+XIAOZHI_VAD_ENERGY_GATE_MARGIN_DB = env_float("XIAOZHI_VAD_ENERGY_GATE_MARGIN_DB", 6.0, 0.0)
+XIAOZHI_VAD_ENERGY_GATE_FLOOR_DBFS = env_float("XIAOZHI_VAD_ENERGY_GATE_FLOOR_DBFS", -55.0, -120.0)
+if XIAOZHI_VAD_ENERGY_GATE_FLOOR_DBFS > 0:
+    raise ImproperlyConfigured(f"XIAOZHI_VAD_ENERGY_GATE_FLOOR_DBFS must be at most 0, got {XIAOZHI_VAD_ENERGY_GATE_FLOOR_DBFS}")
+XIAOZHI_VAD_SHED_AFTER_MS = env_int("XIAOZHI_VAD_SHED_AFTER_MS", 240, 0, 60000)
 XIAOZHI_HISTORY_TURNS = env_int("XIAOZHI_HISTORY_TURNS", 6, 0, 100)
 XIAOZHI_PACER_LEAD_FRAMES = env_int("XIAOZHI_PACER_LEAD_FRAMES", 2, 0, 10)
 # No persona name: "You are Xiaozhi" pulled the bundled 135M model into Chinese-flavoured stories on plain

@@ -4,7 +4,10 @@ Per-session state only (decoder, VAD stream, buffers); the VAD model itself is s
 (or ``decode`` / ``apply`` around a VAD run shared with other sessions, see ``voice/workers/vad_batcher.py``) is
 blocking and runs on the VAD service's thread, a batch of packets at a time, so the event loop
 never decodes or runs the model. Tiny packets are the firmware's DTX silence: they skip decoding
-and VAD entirely, which makes a quiet listening device almost free.
+and VAD entirely, which makes a quiet listening device almost free. Packets too quiet to hold speech
+(``energy_gate.py``) are decoded but skip the VAD. Under overload the batcher may shed a noise-only
+session's older packets undecoded (``hot`` says which sessions it must never shed): they wait raw in
+the pre-roll, and are decoded only if speech starts right after them.
 """
 from __future__ import annotations
 
@@ -15,12 +18,17 @@ import numpy as np
 
 from voice import live_stats
 from voice.audio.opus import OpusDecoder
+from voice.pipeline.energy_gate import EnergyGate, GateSettings, rms
 from voice.providers.base import VADModel
 
 SAMPLE_RATE = 16000
 CHUNK_MS = 32  # Silero's 512-sample chunk at 16 kHz
 DTX_MAX_BYTES = 3
 PREROLL_PACKETS = 8  # ~0.5 s kept before speech starts so the first syllable is not lost
+# Shed packets (raw Opus, undecoded) kept besides: a noise-only session is decoded only every few
+# cycles under overload, so speech that began in its shed packets is still there when it is detected.
+SHED_PREROLL_PACKETS = 24  # ~1.4 s, ~3 KB
+HOT_SECONDS = 1.0  # a session stays a priority this long after its last chunk that sounded like voice
 MIN_MANUAL_SECONDS = 0.3
 START_CHUNKS = 2  # consecutive voiced chunks that make speech begin (~64 ms)
 
@@ -34,10 +42,11 @@ class SpeechStarted:
 class DecodedBatch:
     """One session's packets after decoding, waiting for their VAD scores."""
 
-    items: list  # (float32 PCM, or None for a DTX packet, arrival time) per packet
-    to_score: list[np.ndarray]  # the PCM the VAD must score, packet by packet, in order
+    items: list  # (float32 PCM, or None for a DTX packet, arrival time, scored) per packet
+    to_score: list[np.ndarray]  # the PCM the VAD must score, packet by packet, in order (the scored items')
     mode: str
     generation: int = 0  # the listener's reset generation the packets were decoded in
+    first_number: int = 0  # the listener's number for the first packet (the others follow in order)
 
 
 @dataclass(frozen=True)
@@ -73,9 +82,10 @@ Event = SpeechStarted | Pause | SpeechResumed | Utterance
 
 class Listener:
     def __init__(self, vad: VADModel, *, silence_ms: int, threshold: float, max_seconds: float, mode: str = "auto",
-                 pause_ms: int = 0):
+                 pause_ms: int = 0, gate: GateSettings | None = None):
         """``pause_ms`` (0: never): silence after which a ``Pause`` is reported, before the full
-        ``silence_ms`` that cuts."""
+        ``silence_ms`` that cuts. ``gate``: the energy gate's settings (None: every decoded packet
+        is scored)."""
         self.decoder = OpusDecoder(SAMPLE_RATE, 1)
         self.vad = vad
         self.vad_stream = vad.new_stream()
@@ -85,7 +95,15 @@ class Listener:
         self.release_threshold = max(threshold - 0.15, 0.05)
         self.max_samples = int(max_seconds * SAMPLE_RATE)
         self.mode = mode
-        self.preroll: collections.deque[np.ndarray] = collections.deque(maxlen=PREROLL_PACKETS)
+        # (packet number, PCM) of the latest packets before speech, and (packet number, raw Opus) of
+        # the latest shed ones: merged in order when speech starts.
+        self.preroll: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=PREROLL_PACKETS)
+        self.shed_preroll: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=SHED_PREROLL_PACKETS)
+        self._packet_number = 0  # packets taken so far (decoded or shed), to merge the two pre-rolls in order
+        self._applying = 0  # the number of the packet ``apply`` is at
+        self._heard_until = float("-inf")
+        self.gate = EnergyGate(gate) if gate is not None else None
+        self.voiced_at = float("-inf")  # arrival of the last packet with a chunk at or above the release threshold
         # Resets are asked for on the event loop and carried out on the VAD side (see ``reset``).
         self.generation = 0
         self._applied_generation = 0
@@ -116,6 +134,7 @@ class Listener:
         if wanted != self._applied_generation:
             self._reset_utterance()
             self.preroll.clear()
+            self.shed_preroll.clear()
             self.vad_stream.reset()
             self._applied_generation = wanted
 
@@ -136,18 +155,60 @@ class Listener:
         live_stats.incr("vad_model_runs", chunks)
         return self.apply(batch, scores)
 
+    @property
+    def hot(self) -> bool:
+        """Whether this session's audio matters now: push-to-talk, an utterance in progress, or
+        voice-like audio within ``HOT_SECONDS``. The batcher serves hot sessions first and never
+        sheds their packets. Read on the loop while the VAD side writes it: a plain attribute read."""
+        if self.mode == "manual" or self.in_speech:
+            return True
+        return self.heard_until - self.voiced_at < HOT_SECONDS
+
+    @property
+    def heard_until(self) -> float:
+        """Arrival time of the newest packet the VAD side has taken (decoded, gated or shed)."""
+        return self._heard_until
+
+    def shed(self, packets: list[tuple[bytes, float]]) -> None:
+        """Step 0, under overload only (the batcher decides): keep these packets undecoded in the
+        shed pre-roll. They are decoded only if speech starts within ``SHED_PREROLL_PACKETS`` of them.
+        The Opus decoder skips them as it would lost packets."""
+        self._apply_reset()
+        for packet, arrived in packets:
+            self._packet_number += 1
+            if len(packet) > DTX_MAX_BYTES:
+                self.shed_preroll.append((self._packet_number, packet))
+            self._heard_until = max(self._heard_until, arrived)
+
     def decode(self, packets: list[tuple[bytes, float]]) -> DecodedBatch:
         """Step 1: Opus-decode the packets (DTX ones skip it) and list the PCM the VAD must score:
-        every decoded packet, unless manual mode (which cuts on ``listen stop``, not on voice)."""
+        every decoded packet the energy gate does not find quiet, none in manual mode (which cuts
+        on ``listen stop``, not on voice)."""
         self._apply_reset()
-        items: list[tuple[np.ndarray | None, float]] = []
+        items: list[tuple[np.ndarray | None, float, bool]] = []
+        first_number = self._packet_number + 1
+        to_score: list[np.ndarray] = []
+        scoring = self.mode != "manual"
+        gated = 0
+        guarded = self.in_speech or self.hot  # no gate in an utterance, or right after voice
         for packet, arrived in packets:
+            self._packet_number += 1
+            self._heard_until = max(self._heard_until, arrived)
             if len(packet) <= DTX_MAX_BYTES:
-                items.append((None, arrived))
-            else:
-                items.append((self.decoder.decode(packet).astype(np.float32) / 32768.0, arrived))
-        to_score = [] if self.mode == "manual" else [pcm for pcm, _ in items if pcm is not None]
-        return DecodedBatch(items, to_score, self.mode, self._applied_generation)
+                items.append((None, arrived, False))
+                continue
+            pcm = self.decoder.decode(packet).astype(np.float32) / 32768.0
+            scored = scoring and not (self.gate is not None and self.gate.quiet(rms(pcm), guarded))
+            gated += scoring and not scored
+            # Whether speech starts in this batch is known only after scoring: from its first
+            # scored packet on, the rest is scored too (a pause in the first words is not skipped).
+            guarded = guarded or scored
+            items.append((pcm, arrived, scored))
+            if scored:
+                to_score.append(pcm)
+        if gated:
+            live_stats.incr("vad_gated_packets", gated)
+        return DecodedBatch(items, to_score, self.mode, self._applied_generation, first_number)
 
     def apply(self, batch: DecodedBatch, probs: list[list[float]]) -> list[Event]:
         """Step 3: run the utterance state machine over the packets, ``probs[i]`` being the VAD
@@ -158,7 +219,8 @@ class Listener:
             return []  # reset while these packets were being scored: they belong to the old utterance
         scores = iter(probs)
         events: list[Event] = []
-        for pcm, arrived in batch.items:
+        for number, (pcm, arrived, scored) in enumerate(batch.items, batch.first_number):
+            self._applying = number
             if pcm is None:
                 self._silence(60.0, events)
             elif batch.mode == "manual":
@@ -166,8 +228,11 @@ class Listener:
                 self.last_voice_at = arrived
                 if self.buffered_samples >= self.max_samples:
                     events.append(self._cut("max_length"))
-            else:
+            elif scored:
                 self._scored_packet(pcm, arrived, next(scores), events)
+            else:  # the energy gate found it quiet: silence, as Silero would have said
+                self.voiced_run = 0
+                self._scored_packet(pcm, arrived, [], events)
         if batch.generation != self.generation:
             return []  # reset while this ran: the next step starts afresh
         return events
@@ -178,9 +243,11 @@ class Listener:
                 self.voiced_run += 1
             elif p < self.release_threshold:
                 self.voiced_run = 0
+            if p >= self.release_threshold:
+                self.voiced_at = arrived
         voiced = any(p >= self.threshold for p in probs)
         if not self.in_speech:
-            self.preroll.append(pcm)
+            self.preroll.append((self._applying, pcm))
             if self.voiced_run >= START_CHUNKS:
                 self._start(arrived, events)
             return
@@ -200,10 +267,31 @@ class Listener:
         self.in_speech = True
         self.silent_ms = 0.0
         self.last_voice_at = arrived
-        for pcm in self.preroll:
+        for pcm in self._preroll_pcm():
             self._append(pcm)
         self.preroll.clear()
+        self.shed_preroll.clear()
         events.append(SpeechStarted(arrived))
+
+    def _preroll_pcm(self) -> list[np.ndarray]:
+        """The pre-roll in packet order: the decoded packets, and the shed ones (if any) that are at
+        most ``SHED_PREROLL_PACKETS`` old, decoded now by a decoder of their own (a run of them
+        begins afresh, as after packet loss)."""
+        if not self.shed_preroll:
+            return [pcm for _, pcm in self.preroll]
+        oldest = self._packet_number - SHED_PREROLL_PACKETS
+        merged = sorted([(n, pcm) for n, pcm in self.preroll] + [(n, raw) for n, raw in self.shed_preroll if n > oldest],
+                        key=lambda item: item[0])
+        out, side, previous = [], None, None
+        for n, item in merged:
+            if isinstance(item, bytes):
+                if side is None or previous != n - 1:
+                    side = OpusDecoder(SAMPLE_RATE, 1)
+                out.append(side.decode(item).astype(np.float32) / 32768.0)
+                previous = n
+            else:
+                out.append(item)
+        return out
 
     def _silence(self, ms: float, events: list) -> None:
         """A DTX packet: 60 ms of silence, known without decoding or VAD."""
@@ -214,7 +302,7 @@ class Listener:
             return
         self.voiced_run = 0
         if not self.in_speech:
-            self.preroll.append(silence)
+            self.preroll.append((self._applying, silence))
             return
         self._append(silence)
         self._count_silence(ms, events)

@@ -176,7 +176,7 @@ async def test_a_second_batch_of_the_same_session_waits_for_the_next_cycle_in_or
     cycles = []
 
     async def dispatch(fn, jobs, max_batch):
-        cycles.append([id(listener) for listener, _ in jobs])
+        cycles.append([id(listener) for listener, *_ in jobs])
         return await _run_on_vad_service(fn, jobs, max_batch)
 
     batcher = VADBatcher(64, dispatch=dispatch)
@@ -198,7 +198,7 @@ async def test_a_cycle_takes_at_most_its_packet_budget_so_a_backlog_cannot_time_
     cycles = []
 
     async def dispatch(fn, jobs, max_batch):
-        cycles.append(sum(len(packets) for _, packets in jobs))
+        cycles.append(sum(len(packets) for _, packets, *_ in jobs))
         return await _run_on_vad_service(fn, jobs, max_batch)
 
     batcher = VADBatcher(64, dispatch=dispatch, max_packets_per_cycle=40)

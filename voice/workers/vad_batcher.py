@@ -11,6 +11,12 @@ listening, scoring each session's chunks on its own spends the VAD thread on per
   their chunks in shared model runs (at most ``XIAOZHI_VAD_MAX_BATCH`` sessions a run), and runs each
   session's utterance logic. While one cycle runs, the next one's jobs gather, so batches grow with
   load and an idle server adds no wait.
+  Under overload the cheapest, least valuable work goes first: sessions with speech in progress
+  (or voice-like audio within a second, or push-to-talk: ``Listener.hot``) enter each cycle first
+  and are never shed; the other sessions follow, the longest unheard first, and of a noise-only
+  session's packets that waited longer than ``XIAOZHI_VAD_SHED_AFTER_MS`` only the newest
+  ``MIN_DECODED`` are decoded, the older ones shed: kept raw in its pre-roll, decoded only if speech
+  starts right after them, and counted (``vad_shed_packets``).
 * ``session``: one VAD-service call per session batch, one model run per chunk.
 * ``packet``: the naive baseline: one VAD-service call per packet, one model run per chunk.
 """
@@ -18,21 +24,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from voice import live_stats
 from voice.pipeline.listener import DecodedBatch, Listener, SpeechStarted, Utterance
 from voice.workers import InProcessService, ServiceBusy
 
 MODES = ("cross_session", "session", "packet")
-MAX_SESSIONS_PER_CYCLE = 256
-# Bounds one cycle's work (~0.2 s of one core at ~0.2 ms a packet), so a cycle never nears the VAD
+# Small cycles: a session with speech in progress waits for the cycle under way before its own turn, so
+# the cycle's length is added to its lag (benchmarks/README.md "Listening under load": with 400 devices
+# listening, an asking device's TTFA p50 was ~1.0 s at 256 sessions / 1024 packets a cycle, 0.44-0.54 s
+# at 128 / 256; at 64 / 128 the loop's round trip per cycle made it worse again).
+MAX_SESSIONS_PER_CYCLE = 128
+# Bounds one cycle's work (~50 ms of one core at ~0.2 ms a packet), so a cycle never nears the VAD
 # service's timeout: a timed-out cycle keeps the thread busy, the next one waits behind it and times
 # out too, and the server stops hearing anyone. Under overload the backlog waits in the sessions'
 # bounded queues instead (their oldest packets are dropped, and counted).
-MAX_PACKETS_PER_CYCLE = 1024
+MAX_PACKETS_PER_CYCLE = 256
 MAX_WAITING_JOBS = 4096  # one job per session is the norm; beyond this the batcher refuses (busy)
+# A noise-only session's stale job keeps this many of its newest packets to decode (>= the listener's
+# START_CHUNKS of 32 ms), so speech that has begun is still heard in them.
+MIN_DECODED = 3
 
 Events = list[SpeechStarted | Utterance]
 
@@ -65,12 +79,16 @@ async def _run_on_vad_service(fn, *args):
 
 
 # -- one cycle, on the VAD thread ---------------------------------------------------------------------------
-def run_cycle(jobs: list[tuple[Listener, list[tuple[bytes, float]]]], max_batch: int) -> list[Events | Exception]:
-    """Decode every job's packets, score all their chunks together, cut utterances. A failure in
-    one session's step is returned as that job's result, so it cannot fail the others."""
+def run_cycle(jobs: list[tuple], max_batch: int) -> list[Events | Exception]:
+    """Decode every job's packets, score all their chunks together, cut utterances. A job is
+    ``(listener, packets)`` or ``(listener, packets, shed)``: ``shed`` are older packets of that
+    session to keep undecoded (``Listener.shed``). A failure in one session's step is returned as
+    that job's result, so it cannot fail the others."""
     decoded: list[DecodedBatch | Exception] = []
-    for listener, packets in jobs:
+    for listener, packets, *shed in jobs:
         try:
+            if shed and shed[0]:
+                listener.shed(shed[0])
             decoded.append(listener.decode(packets))
         except Exception as exc:  # noqa: BLE001 - handed back to that session
             decoded.append(exc)
@@ -131,6 +149,7 @@ class _Job:
     listener: Listener
     packets: list[tuple[bytes, float]]
     future: asyncio.Future
+    shed: list[tuple[bytes, float]] = field(default_factory=list)
 
 
 class VADBatcher:
@@ -141,8 +160,12 @@ class VADBatcher:
     the same session waits for the next cycle, so its packets stay in order."""
 
     def __init__(self, max_batch: int, dispatch=_run_on_vad_service, max_waiting: int = MAX_WAITING_JOBS,
-                 max_sessions_per_cycle: int = MAX_SESSIONS_PER_CYCLE, max_packets_per_cycle: int = MAX_PACKETS_PER_CYCLE):
+                 max_sessions_per_cycle: int = MAX_SESSIONS_PER_CYCLE, max_packets_per_cycle: int = MAX_PACKETS_PER_CYCLE,
+                 shed_after: float = 0.0):
+        """``shed_after`` (seconds, 0: never shed): how long a noise-only session's packets may wait
+        before all but its newest ``MIN_DECODED`` are shed."""
         self.max_batch = max_batch
+        self.shed_after = shed_after
         self.max_packets_per_cycle = max_packets_per_cycle
         self.max_waiting = max_waiting
         self.max_sessions_per_cycle = max_sessions_per_cycle
@@ -170,11 +193,13 @@ class VADBatcher:
         return await job.future
 
     def _next_cycle(self) -> list[_Job]:
-        cycle: list[_Job] = []
+        """Hot sessions first (in arrival order), then the others, the longest unheard first; at
+        most one job per session, within the cycle's session and packet bounds."""
         seen: set[int] = set()
+        hot: list[_Job] = []
+        cold: list[_Job] = []
         later: list[_Job] = []
-        packets = 0
-        while self._jobs and len(cycle) < self.max_sessions_per_cycle and packets < self.max_packets_per_cycle:
+        while self._jobs:
             job = self._jobs.popleft()
             if job.future.done():  # its session stopped waiting (closed)
                 continue
@@ -182,10 +207,33 @@ class VADBatcher:
                 later.append(job)
                 continue
             seen.add(id(job.listener))
+            (hot if job.listener.hot else cold).append(job)
+        cold.sort(key=lambda j: j.listener.heard_until)
+        cycle: list[_Job] = []
+        rest: list[_Job] = []
+        packets = 0
+        stale_before = time.monotonic() - self.shed_after
+        for i, job in enumerate(hot + cold):
+            if len(cycle) >= self.max_sessions_per_cycle or packets >= self.max_packets_per_cycle:
+                rest.append(job)
+                continue
+            if self.shed_after and i >= len(hot):  # a noise-only session's job
+                self._shed_stale(job, stale_before)
             cycle.append(job)
             packets += len(job.packets)
-        self._jobs.extendleft(reversed(later))
+        self._jobs.extend(rest)
+        self._jobs.extend(later)
         return cycle
+
+    @staticmethod
+    def _shed_stale(job: _Job, stale_before: float) -> None:
+        stale = 0
+        limit = len(job.packets) - MIN_DECODED
+        while stale < limit and job.packets[stale][1] < stale_before:
+            stale += 1
+        if stale:
+            job.shed, job.packets = job.packets[:stale], job.packets[stale:]
+            live_stats.incr("vad_shed_packets", stale)
 
     async def _run(self) -> None:
         try:
@@ -194,7 +242,7 @@ class VADBatcher:
                 if not cycle:
                     continue
                 try:
-                    results = await self._dispatch(run_cycle, [(j.listener, j.packets) for j in cycle], self.max_batch)
+                    results = await self._dispatch(run_cycle, [(j.listener, j.packets, j.shed) for j in cycle], self.max_batch)
                 except Exception as exc:  # noqa: BLE001 - busy or timed out: every session of the cycle hears it
                     results = [exc] * len(cycle)
                 for job, result in zip(cycle, results):
@@ -235,5 +283,5 @@ def batcher() -> VADBatcher:
     loop = asyncio.get_running_loop()
     found = _batchers.get(loop)
     if found is None or found.closed:
-        found = _batchers[loop] = VADBatcher(settings.XIAOZHI_VAD_MAX_BATCH)
+        found = _batchers[loop] = VADBatcher(settings.XIAOZHI_VAD_MAX_BATCH, shed_after=settings.XIAOZHI_VAD_SHED_AFTER_MS / 1000)
     return found
