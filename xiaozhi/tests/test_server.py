@@ -43,11 +43,16 @@ async def hello_and_ping(server: ServerProcess, n: int, open_timeout: float = 10
     """What a normal device does first: handshake, hello (answered with a session), ping (pong)."""
     async with websockets.connect(server.ws_url, additional_headers=device_headers(n),
                                   open_timeout=open_timeout) as ws:
-        await ws.send(HELLO)
-        hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert hello["type"] == "hello" and hello["session_id"]
-        await ws.send(json.dumps({"type": "ping"}))
-        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
+        await greet(ws)
+
+
+async def greet(ws) -> None:
+    """Hello (answered with a session), then ping (pong), on an open device socket."""
+    await ws.send(HELLO)
+    hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert hello["type"] == "hello" and hello["session_id"]
+    await ws.send(json.dumps({"type": "ping"}))
+    assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
 
 
 def read_until_closed(sock: socket.socket, limit: float = 10.0) -> bytes:
@@ -94,7 +99,12 @@ async def test_slow_request_heads_are_closed_at_the_deadline_and_leave_room_for_
     """Each slow client is closed within server.request_timeout of its connection, although it keeps
     sending. With fewer free descriptors than slow clients the server is full (Twisted closes each
     new connection at once), but only until the deadline: a device retrying gets in then."""
-    await hello_and_ping(server, 1)  # warm: the first session opens what every later one reuses
+    # Warm: the first session opens what every later one reuses. It stays connected while the
+    # descriptors are counted and the server is full: a session that ends closes descriptors after
+    # its client has gone (its channel-layer connection, when its blocking read is cancelled; its
+    # socket), and one freed after the count let the device in before the deadline (refused == 0).
+    warm = await websockets.connect(server.ws_url, additional_headers=device_headers(1))
+    await greet(warm)
     soft, hard = psutil.Process(server.pid).rlimit(psutil.RLIMIT_NOFILE)
     spare, slow_clients = 30, 45
     psutil.Process(server.pid).rlimit(psutil.RLIMIT_NOFILE, (psutil.Process(server.pid).num_fds() + spare, hard))
@@ -116,6 +126,7 @@ async def test_slow_request_heads_are_closed_at_the_deadline_and_leave_room_for_
         await asyncio.gather(*loris)
     finally:
         psutil.Process(server.pid).rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+        await warm.close()
     assert refused >= 1  # the slow clients did fill the server
     assert len(closed_after) == slow_clients, "some slow clients were never closed"
     assert max(closed_after) <= REQUEST_TIMEOUT + MARGIN
