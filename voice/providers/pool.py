@@ -7,6 +7,7 @@ once, bounds both.
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Generic, TypeVar
@@ -32,6 +33,10 @@ class ModelPool(Generic[T]):
         self._idle: queue.LifoQueue[T] = queue.LifoQueue()
         for instance in self.instances:
             self._idle.put(instance)
+        # One ``borrow_all`` collects at a time: two collecting at once could each hold part of the
+        # pool and wait for the rest until the timeout (seen as 4 s stalls of every tool decision
+        # when five devices connected at once with two router contexts).
+        self._collecting = threading.Lock()
 
     @property
     def available(self) -> int:
@@ -52,5 +57,28 @@ class ModelPool(Generic[T]):
     @contextmanager
     def borrow_all(self, timeout: float | None = None) -> Iterator[tuple[T, ...]]:
         """Every instance at once, e.g. to warm each one without racing live requests."""
+        wait = self.acquire_timeout if timeout is None else timeout
+        if not self._collecting.acquire(timeout=wait):
+            raise PoolTimeout(f"another caller kept collecting every {self.name} instance for {wait:g} s")
         with ExitStack() as stack:
-            yield tuple(stack.enter_context(self.borrow(timeout)) for _ in range(self.size))
+            try:
+                instances = tuple(stack.enter_context(self.borrow(timeout)) for _ in range(self.size))
+            finally:
+                self._collecting.release()  # collected (or failed): the next collector may start
+            yield instances
+
+    def retire(self, timeout: float = 2.0) -> tuple[T, ...]:
+        """Take every instance that is idle or becomes idle within ``timeout`` seconds, for good (to
+        free them at exit). One still busy after that is left to its thread: freeing a model under
+        a running call crashes the process (a llama.cpp context freed at exit while a worker thread
+        still evaluated a prompt on it ended test runs with a segfault)."""
+        import time
+
+        retired: list[T] = []
+        deadline = time.monotonic() + timeout
+        while len(retired) < self.size:
+            try:
+                retired.append(self._idle.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return tuple(retired)

@@ -1,5 +1,6 @@
 """Providers: the pool, the fakes, the HTTP LLM against a local fake server, the registry, and the
 bundled models themselves (marked ``models``; each loaded once for this module)."""
+import contextlib
 import http.server
 import json
 import os
@@ -47,6 +48,57 @@ def test_pool_borrow_times_out_when_every_instance_is_busy():
     assert isinstance(caught.value, TimeoutError)
     with pool.borrow():
         pass  # freed again
+
+
+def test_callers_taking_the_whole_pool_at_once_take_turns_instead_of_each_holding_part():
+    """Several devices warming the router contexts at once (prefill_tools) each take every
+    instance; interleaved, each held one of two and waited for the other until the timeout."""
+    pool = ModelPool(object, size=2, acquire_timeout=5)
+    start, done = threading.Barrier(4), []
+    lend = pool.borrow
+
+    @contextlib.contextmanager
+    def slow_borrow(timeout=None):
+        with lend(timeout) as instance:
+            time.sleep(0.05)  # the other callers' turn to take one now
+            yield instance
+
+    pool.borrow = slow_borrow
+
+    def warm_all():
+        start.wait()
+        with pool.borrow_all() as instances:
+            time.sleep(0.01)
+            done.append(len(instances))
+
+    threads = [threading.Thread(target=warm_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert done == [2, 2, 2, 2] and pool.available == 2  # a PoolTimeout would have left a caller out
+
+
+def test_retiring_a_pool_takes_the_idle_instances_and_leaves_a_busy_one_to_its_caller():
+    """At exit the LLM frees its contexts; one still evaluating on a worker thread must not be
+    freed under it (that crashed the process)."""
+    pool = ModelPool(list, size=2)
+    release = threading.Event()
+
+    def busy():
+        with pool.borrow() as instance:
+            instance.append("in use")
+            release.wait(10)
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    while pool.available != 1:
+        time.sleep(0.01)
+    retired = pool.retire(timeout=0.2)
+    release.set()
+    worker.join(10)
+    assert len(retired) == 1 and retired[0] == []  # the idle one; the busy one (["in use"]) was left
+    assert pool.retire(timeout=0.2)[0] == ["in use"]  # returned after its call: retired now
 
 
 def test_pool_returns_the_instance_when_the_borrower_fails():

@@ -90,8 +90,11 @@ class SmolLM2LLM:
         atexit.register(self.close)
 
     def close(self) -> None:
-        for llm in self._pool.instances + (self._routers.instances if self._routers else ()):
-            llm.close()
+        """Free the contexts no thread is using (within a moment); a busy one is left alone."""
+        for pool in (self._pool, self._routers):
+            if pool is not None:
+                for llm in pool.retire():
+                    llm.close()
 
     def stream(self, messages: Sequence[dict], cancel: threading.Event,
                tools: Sequence[dict] | None = None, model: str | None = None) -> Iterator[str | ToolCall]:
