@@ -6,7 +6,8 @@ window, although a device's turn is a few seconds. Trimming the window (faster-w
 windows, and a trimmed one can loop or invent words. This measures both on the same clips: a corpus
 of commands, questions and fragments spoken by the bundled Piper voice at two speeds, sent through
 the device's Opus codec (16 kHz, 60 ms frames) like a real uplink, plus room-noise clips that should
-transcribe to nothing. Word error rate against the text spoken, and each call's time.
+transcribe to nothing; half the clips end on their last syllable (push-to-talk released there). Word
+error rate against the text spoken, and each call's time.
 
     python benchmarks/asr_window.py --output benchmarks/results/asr_window.json
 
@@ -102,8 +103,11 @@ def clips() -> list[tuple[str, np.ndarray]]:
             for text in CORPUS:
                 pcm = np.concatenate([c.audio_int16_array for c in voice.synthesize(text, syn_config=config)])
                 pcm = resample(pcm, tts.sample_rate, 16000)
-                pad = np.zeros(int(0.3 * 16000), np.int16)  # the VAD's cut keeps a lead-in and a tail
-                out.append((text, uplink(np.concatenate([pad, pcm, pad]))))
+                # The VAD's cut keeps a lead-in and a tail of silence (auto mode); push-to-talk may be
+                # released on the last syllable (manual mode): the slower speaker's clips end there.
+                lead = np.zeros(int(0.3 * 16000), np.int16)
+                tail = lead if speed == 1.0 else lead[:0]
+                out.append((text, uplink(np.concatenate([lead, pcm, tail]))))
     return out
 
 

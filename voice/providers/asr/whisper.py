@@ -35,6 +35,7 @@ TRANSCRIBE_OPTIONS = dict(
 )
 WINDOWS = ("full", "trimmed")
 FULL_WINDOW_SECONDS = 30
+TAIL_SILENCE_SECONDS = 0.5
 TRIM_PADDING_SECONDS = 2.0  # silence the trimmed window holds past the clip: with less (1 s) it loops
 # Speech is ~2-4 words a second, ~1.3 tokens a word, plus two timestamps a segment: a decode longer
 # than this is a loop.
@@ -114,6 +115,9 @@ def _decode_trimmed(model, pcm: np.ndarray) -> tuple[str, bool]:
     decode ended by itself rather than at the token bound)."""
     import ctranslate2
 
+    # Real silence after the clip first: a word right at its end (push-to-talk released on the last
+    # syllable) was dropped ("... and I love" for "... and I love jazz") without it.
+    pcm = np.concatenate([pcm, np.zeros(int(TAIL_SILENCE_SECONDS * SAMPLE_RATE), dtype=pcm.dtype)])
     seconds = pcm.size / SAMPLE_RATE
     features = model.feature_extractor(pcm)  # (80, ~100 per second), not padded to 30 s
     frames = min(FULL_WINDOW_SECONDS * FRAMES_PER_SECOND,
