@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from voice.percentile import percentile  # noqa: E402  (after the path is set)
+from voice.pipeline.turn_row import MARKS  # noqa: E402
 
 FRAME_SECONDS = 0.06
 SLOTS = 6  # devices are spread over six 10 ms phases of the 60 ms frame clock, as real devices are
@@ -197,7 +198,9 @@ async def ask(ws_url: str, frames_path: Path, wait: float, duration: float, gap:
     await device.close()
 
 
-def summarise_asking(turns: list[dict], counters_first: dict, counters_last: dict) -> dict:
+def summarise_asking(turns: list[dict], counters_first: dict, counters_last: dict, stages: dict | None = None) -> dict:
+    """``stages``: the server's ``latency_ms`` at the last poll, whose turns are the asking device's:
+    where its time went on the server (ms after the server's own end of speech), p50."""
     ttfa = [t["ttfa_ms"] for t in turns if t["ttfa_ms"] is not None]
     delta = lambda key: counters_last.get(key, 0) - counters_first.get(key, 0)  # noqa: E731
     return {"turns": len(turns), "answered": sum(1 for t in turns if t["ttfa_ms"] is not None and t["stopped"]),
@@ -206,7 +209,8 @@ def summarise_asking(turns: list[dict], counters_first: dict, counters_last: dic
             "ttfa_ms": [round(x) for x in ttfa],
             "stt_ms": [round(t["stt_ms"]) for t in turns if t["stt_ms"] is not None],  # speech end -> transcript
             "underruns": sum(t["underruns"] for t in turns), "underrun_seconds": round(sum(t["underrun_seconds"] for t in turns), 3),
-            "audio_lost_hot": delta("audio_lost_hot"), "audio_dropped_hot": delta("audio_dropped_hot")}
+            "audio_lost_hot": delta("audio_lost_hot"), "audio_dropped_hot": delta("audio_dropped_hot"),
+            "server_stage_ms_p50": {f"{mark}_ms": (stages or {}).get(f"{mark}_ms", {}).get("p50") for mark in MARKS}}
 
 
 # -- one step: a fresh server, N devices -----------------------------------------------------------------------
@@ -260,7 +264,7 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
             [sys.executable, __file__, "generate", "--ws", ws_url, "--devices", str(devices), "--duration", str(total),
              "--frames", str(frames_path)], stdout=subprocess.PIPE, cwd=ROOT)
         gen_process = psutil.Process(generator.pid)
-        asker, ask_lines, ask_buffer, counters_first = None, [], "", None
+        asker, ask_lines, ask_buffer, counters_first, stages_last = None, [], "", None, {}
         reports, polls = [], []
         os.set_blocking(generator.stdout.fileno(), False)
         client = httpx.Client(timeout=10)
@@ -298,7 +302,7 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
                     gen_cpu = None
                 if counters_first is None and now >= streaming_at + args.warmup:
                     counters_first = counters
-                counters_last = counters
+                counters_last, stages_last = counters, perf["latency_ms"]
                 polls.append({"t": now, "heard": counters.get("vad_packets", 0), "dropped": counters.get("audio_dropped", 0),
                               "shed": counters.get("vad_shed_packets", 0), "gated": counters.get("vad_gated_packets", 0),
                               "lost": counters.get("audio_lost", 0), "pending": gauges.get("vad_pending_packets", 0),
@@ -316,7 +320,7 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
                 raise RuntimeError(f"the asking device failed with exit code {asker.returncode}")
     step = summarise(mode, devices, args, reports, polls, streaming_at)
     if args.asking:
-        step["asking"] = summarise_asking(ask_lines, counters_first or {}, counters_last)
+        step["asking"] = summarise_asking(ask_lines, counters_first or {}, counters_last, stages_last)
     return step
 
 
