@@ -167,7 +167,7 @@ async def test_speech_that_began_in_shed_packets_still_reaches_the_utterance(sil
     # was never shed heard, whose speech was found ~10 packets earlier (without the shed pre-roll the
     # utterance would be ~10 packets shorter). The last voiced packet may differ by a few (Silero's
     # state did not hear the shed audio).
-    assert abs(cut.speech_end - expected.speech_end) <= 0.36
+    assert abs(cut.speech_end - expected.speech_end) <= 0.36 + 1e-6  # 6 packets; arrival times are floats
     assert len(cut.pcm) >= len(expected.pcm) - 3 * 960
     await batcher.close()
 
