@@ -444,11 +444,13 @@ class VoiceSession:
         return await deps.services["asr"].call("transcribe", deps.asr, pcm_bytes(utterance.pcm), owner=deps.device_id)
 
     async def _judge(self, utterance: Utterance) -> float | None:
-        """The end-of-turn model's opinion of a pause, on the VAD's thread (in this process)."""
+        """The end-of-turn model's opinion of a pause, on the VAD's threads (in this process), ahead
+        of the listening cycles queued there: someone is waiting for this answer."""
         if self._turn_model is None:
             return None
         services = self.services or default_services()
-        return await services["vad"].run(self._turn_model.probability, utterance.pcm, owner=self.config.device_id)
+        return await services["vad"].run(self._turn_model.probability, utterance.pcm, owner=self.config.device_id,
+                                         deadline=0.0)
 
     def _asr_has_room(self) -> bool:
         busy = (self.services or default_services())["asr"].occupancy()

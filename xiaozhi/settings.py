@@ -256,6 +256,8 @@ XIAOZHI_VAD_ENERGY_GATE_FLOOR_DBFS = env_float("XIAOZHI_VAD_ENERGY_GATE_FLOOR_DB
 if XIAOZHI_VAD_ENERGY_GATE_FLOOR_DBFS > 0:
     raise ImproperlyConfigured(f"XIAOZHI_VAD_ENERGY_GATE_FLOOR_DBFS must be at most 0, got {XIAOZHI_VAD_ENERGY_GATE_FLOOR_DBFS}")
 XIAOZHI_VAD_SHED_AFTER_MS = env_int("XIAOZHI_VAD_SHED_AFTER_MS", 240, 0, 60000)
+# A session with speech in progress does not wait for a VAD cycle under way (voice/workers/vad_batcher.py).
+XIAOZHI_VAD_HOT_LANE = env_bool("XIAOZHI_VAD_HOT_LANE", True)
 XIAOZHI_HISTORY_TURNS = env_int("XIAOZHI_HISTORY_TURNS", 6, 0, 100)
 XIAOZHI_PACER_LEAD_FRAMES = env_int("XIAOZHI_PACER_LEAD_FRAMES", 2, 0, 10)
 # No persona name: "You are Xiaozhi" pulled the bundled 135M model into Chinese-flavoured stories on plain

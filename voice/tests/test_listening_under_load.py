@@ -11,6 +11,7 @@ import pytest
 from voice import live_stats
 from voice.pipeline.energy_gate import GateSettings
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
+from voice.workers import ServiceBusy
 from voice.workers.vad_batcher import MIN_DECODED, VADBatcher, _run_on_vad_service
 
 QUESTION = "What is the capital of France?"
@@ -101,9 +102,9 @@ def test_the_energy_gate_lets_speech_through_and_the_utterance_is_whole(silero, 
 
 # -- shedding under overload ------------------------------------------------------------------------------------
 def recording_dispatch(cycles: list):
-    async def dispatch(fn, jobs, max_batch):
+    async def dispatch(fn, jobs, max_batch, first=False):
         cycles.append([(listener, len(packets), len(shed)) for listener, packets, shed in jobs])
-        return await _run_on_vad_service(fn, jobs, max_batch)
+        return await _run_on_vad_service(fn, jobs, max_batch, first=first)
 
     return dispatch
 
@@ -169,6 +170,135 @@ async def test_speech_that_began_in_shed_packets_still_reaches_the_utterance(sil
     assert abs(cut.speech_end - expected.speech_end) <= 0.36 + 1e-6  # 6 packets; arrival times are floats
     assert len(cut.pcm) >= len(expected.pcm) - 3 * 960
     await batcher.close()
+
+
+# -- the hot lane ------------------------------------------------------------------------------------------------
+def held_dispatch(cycles: list, release: asyncio.Event):
+    """The real VAD service, but a cycle of the ordinary lane is held until ``release``: a long cycle
+    of many noise-only sessions, under way."""
+    async def dispatch(fn, jobs, max_batch, first=False):
+        cycles.append(("hot" if first else "cycle", [listener for listener, *_ in jobs]))
+        if not first:
+            await release.wait()
+        return await _run_on_vad_service(fn, jobs, max_batch, first=first)
+
+    return dispatch
+
+
+def speaking_listener(silero, say) -> tuple[Listener, list[bytes]]:
+    question = say(QUESTION)
+    listener = new_listener(silero)
+    assert any(isinstance(e, SpeechStarted) for e in listener.feed([(p, 0.0) for p in question[:12]]))
+    return listener, question[12:] + room_noise(1.0, seed=21)
+
+
+@pytest.mark.models
+async def test_speech_in_progress_does_not_wait_for_a_cycle_under_way(silero, say):
+    speaking, rest = speaking_listener(silero, say)
+    quiet = [new_listener(silero) for _ in range(3)]
+    cycles: list = []
+    release = asyncio.Event()
+    batcher = VADBatcher(64, dispatch=held_dispatch(cycles, release))
+    lane_before = counter("vad_hot_lane_jobs")
+    noise = [asyncio.ensure_future(batcher.submit(q, [(p, 0.0) for p in room_noise(0.6, seed=22 + i)]))
+             for i, q in enumerate(quiet)]
+    await asyncio.sleep(0.05)  # their cycle is under way, held
+    events = await asyncio.wait_for(batcher.submit(speaking, [(p, 0.0) for p in rest]), 5)
+    assert [e for e in events if isinstance(e, Utterance)]  # heard to the end of the utterance ...
+    assert not any(task.done() for task in noise)  # ... while the other cycle still runs
+    assert cycles == [("cycle", quiet), ("hot", [speaking])]
+    assert counter("vad_hot_lane_jobs") == lane_before + 1
+    release.set()
+    await asyncio.gather(*noise)
+    await batcher.close()
+
+
+@pytest.mark.models
+async def test_the_hot_lane_keeps_a_sessions_packets_in_order_and_can_be_turned_off(silero, say):
+    speaking, rest = speaking_listener(silero, say)
+    quiet = new_listener(silero)
+    # A job of the speaking session is already in the held cycle: its next job must wait its turn.
+    cycles: list = []
+    release = asyncio.Event()
+    batcher = VADBatcher(64, dispatch=held_dispatch(cycles, release))
+    first = asyncio.ensure_future(batcher.submit(speaking, [(p, 0.0) for p in rest[:5]]))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(batcher.submit(speaking, [(p, 0.0) for p in rest[5:]]))
+    await asyncio.sleep(0.05)
+    assert not second.done() and [lane for lane, _ in cycles] == ["cycle"]
+    release.set()
+    await asyncio.gather(first, second)
+    assert [lane for lane, _ in cycles] == ["cycle", "cycle"]
+    await batcher.close()
+
+    # Turned off (XIAOZHI_VAD_HOT_LANE=false): a hot session waits for the cycle under way.
+    speaking, rest = speaking_listener(silero, say)
+    cycles = []
+    release = asyncio.Event()
+    batcher = VADBatcher(64, dispatch=held_dispatch(cycles, release), hot_lane=False)
+    noise = asyncio.ensure_future(batcher.submit(quiet, [(p, 0.0) for p in room_noise(0.6, seed=30)]))
+    await asyncio.sleep(0.05)
+    hot = asyncio.ensure_future(batcher.submit(speaking, [(p, 0.0) for p in rest]))
+    await asyncio.sleep(0.05)
+    assert not hot.done() and len(cycles) == 1
+    release.set()
+    await asyncio.gather(noise, hot)
+    assert [lane for lane, _ in cycles] == ["cycle", "cycle"]
+    await batcher.close()
+
+
+@pytest.mark.models
+async def test_a_second_batch_of_a_session_in_the_hot_lane_follows_its_first_there(silero, say):
+    """A push-to-talk stop drains the session's queue while the input loop's batch is still out: the
+    second batch must run after the first, in the same lane. (Sent to the ordinary lane instead, it
+    could run first, or beside it on the other thread, and the utterance was lost: a fault test
+    caught this, no transcript within 15 s.)"""
+    speaking, rest = speaking_listener(silero, say)
+    quiet = new_listener(silero)
+    cycles: list = []
+    release, hot_release = asyncio.Event(), asyncio.Event()
+
+    async def dispatch(fn, jobs, max_batch, first=False):
+        cycles.append(("hot" if first else "cycle", [listener for listener, *_ in jobs]))
+        await (hot_release if first else release).wait()
+        return await _run_on_vad_service(fn, jobs, max_batch, first=first)
+
+    batcher = VADBatcher(64, dispatch=dispatch)
+    noise = asyncio.ensure_future(batcher.submit(quiet, [(p, 0.0) for p in room_noise(0.6, seed=40)]))
+    await asyncio.sleep(0.02)
+    first = asyncio.ensure_future(batcher.submit(speaking, [(p, 0.0) for p in rest[:10]]))
+    await asyncio.sleep(0.02)
+    second = asyncio.ensure_future(batcher.submit(speaking, [(p, 0.0) for p in rest[10:]]))
+    await asyncio.sleep(0.02)
+    assert cycles == [("cycle", [quiet]), ("hot", [speaking])]  # the second waits behind the first
+    hot_release.set()
+    events = await asyncio.wait_for(second, 5)  # heard while the ordinary cycle is still held
+    assert first.done() and not noise.done()
+    assert cycles == [("cycle", [quiet]), ("hot", [speaking]), ("hot", [speaking])]
+    assert [e for e in first.result() + events if isinstance(e, Utterance)]
+    release.set()
+    await noise
+    await batcher.close()
+
+
+@pytest.mark.models
+async def test_closing_the_batcher_fails_hot_lane_jobs_too(silero, say):
+    speaking, rest = speaking_listener(silero, say)
+    release, never = asyncio.Event(), asyncio.Event()
+
+    async def dispatch(fn, jobs, max_batch, first=False):
+        await (never if first else release).wait()
+        return fn(jobs, max_batch)
+
+    batcher = VADBatcher(64, dispatch=dispatch)
+    noise = asyncio.ensure_future(batcher.submit(new_listener(silero), [(p, 0.0) for p in room_noise(0.3, seed=31)]))
+    await asyncio.sleep(0.02)
+    hot = asyncio.ensure_future(batcher.submit(speaking, [(p, 0.0) for p in rest]))
+    await asyncio.sleep(0.02)
+    await batcher.close()
+    for task in (noise, hot):
+        with pytest.raises(ServiceBusy):
+            await task
 
 
 # -- the counts, where monitoring reads them -------------------------------------------------------------------------

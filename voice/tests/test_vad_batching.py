@@ -153,9 +153,9 @@ async def test_sessions_waiting_together_share_one_cycle_and_get_their_own_event
 
     cycles = []
 
-    async def dispatch(fn, jobs, max_batch):  # the real VAD service, watched
+    async def dispatch(fn, jobs, max_batch, first=False):  # the real VAD service, watched
         cycles.append(len(jobs))
-        return await _run_on_vad_service(fn, jobs, max_batch)
+        return await _run_on_vad_service(fn, jobs, max_batch, first=first)
 
     batcher = VADBatcher(64, dispatch=dispatch)
     listeners = [new_listener(silero) for _ in streams_of_packets]
@@ -175,9 +175,9 @@ async def test_a_second_batch_of_the_same_session_waits_for_the_next_cycle_in_or
 
     cycles = []
 
-    async def dispatch(fn, jobs, max_batch):
+    async def dispatch(fn, jobs, max_batch, first=False):
         cycles.append([id(listener) for listener, *_ in jobs])
-        return await _run_on_vad_service(fn, jobs, max_batch)
+        return await _run_on_vad_service(fn, jobs, max_batch, first=first)
 
     batcher = VADBatcher(64, dispatch=dispatch)
     listener, other, reference = new_listener(silero), new_listener(silero), new_listener(silero)
@@ -197,9 +197,9 @@ async def test_a_cycle_takes_at_most_its_packet_budget_so_a_backlog_cannot_time_
 
     cycles = []
 
-    async def dispatch(fn, jobs, max_batch):
+    async def dispatch(fn, jobs, max_batch, first=False):
         cycles.append(sum(len(packets) for _, packets, *_ in jobs))
-        return await _run_on_vad_service(fn, jobs, max_batch)
+        return await _run_on_vad_service(fn, jobs, max_batch, first=first)
 
     batcher = VADBatcher(64, dispatch=dispatch, max_packets_per_cycle=40)
     batches = [[(p, 0.0) for p in packets[:30]] for packets in streams_of_packets]  # 5 sessions x 30 packets
@@ -215,7 +215,7 @@ async def test_a_cycle_takes_at_most_its_packet_budget_so_a_backlog_cannot_time_
 async def test_a_full_batcher_refuses_at_once_and_close_fails_what_waits(silero):
     release = asyncio.Event()
 
-    async def slow_dispatch(fn, jobs, max_batch):
+    async def slow_dispatch(fn, jobs, max_batch, first=False):
         await release.wait()
         return fn(jobs, max_batch)
 

@@ -17,6 +17,10 @@ listening, scoring each session's chunks on its own spends the VAD thread on per
   session's packets that waited longer than ``XIAOZHI_VAD_SHED_AFTER_MS`` only the newest
   ``MIN_DECODED`` are decoded, the older ones shed: kept raw in its pre-roll, decoded only if speech
   starts right after them, and counted (``vad_shed_packets``).
+  A hot session never waits for a cycle under way either: its job then runs at once in a cycle of
+  its own (the hot lane, on the VAD service's second thread, ahead of anything queued there). Waiting
+  meant the rest of that cycle and then its own whole cycle, every batch, ~2 cycles of lag on the one
+  session someone is talking to (``vad_hot_lane_jobs`` counts them).
 * ``session``: one VAD-service call per session batch, one model run per chunk.
 * ``packet``: the naive baseline: one VAD-service call per packet, one model run per chunk.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -74,8 +79,9 @@ def _vad_service() -> InProcessService:
     return services()["vad"]  # always a LocalService (make_service): the VAD keeps per-session state
 
 
-async def _run_on_vad_service(fn, *args):
-    return await _vad_service().run(fn, *args)
+async def _run_on_vad_service(fn, *args, first: bool = False):
+    """``first``: ahead of every call queued on the service (deadline 0 in its deadline order)."""
+    return await _vad_service().run(fn, *args, deadline=0.0 if first else None)
 
 
 # -- one cycle, on the VAD thread ---------------------------------------------------------------------------
@@ -161,9 +167,10 @@ class VADBatcher:
 
     def __init__(self, max_batch: int, dispatch=_run_on_vad_service, max_waiting: int = MAX_WAITING_JOBS,
                  max_sessions_per_cycle: int = MAX_SESSIONS_PER_CYCLE, max_packets_per_cycle: int = MAX_PACKETS_PER_CYCLE,
-                 shed_after: float = 0.0):
+                 shed_after: float = 0.0, hot_lane: bool = True):
         """``shed_after`` (seconds, 0: never shed): how long a noise-only session's packets may wait
-        before all but its newest ``MIN_DECODED`` are shed."""
+        before all but its newest ``MIN_DECODED`` are shed. ``hot_lane``: whether a hot session's job
+        skips a cycle under way (module docstring)."""
         self.max_batch = max_batch
         self.shed_after = shed_after
         self.max_packets_per_cycle = max_packets_per_cycle
@@ -172,25 +179,46 @@ class VADBatcher:
         self._dispatch = dispatch
         self._jobs: collections.deque[_Job] = collections.deque()
         self._task: asyncio.Task | None = None
-        self._cycle: list[_Job] = []
+        self._cycle: list[_Job] = []  # the cycle under way (empty between cycles)
+        self._hot: collections.deque[_Job] = collections.deque()  # the hot lane's waiting jobs
+        self._hot_task: asyncio.Task | None = None
+        self._hot_cycle: list[_Job] = []
+        self.hot_lane = hot_lane
         self.closed = False
 
     @property
     def waiting(self) -> int:
-        return len(self._jobs)
+        return len(self._jobs) + len(self._hot)
 
     async def submit(self, listener: Listener, packets: list[tuple[bytes, float]]) -> Events:
         if self.closed:
             raise ServiceBusy("the VAD batcher is shut down")
-        if len(self._jobs) >= self.max_waiting:
+        if self.waiting >= self.max_waiting:
             live_stats.incr("vad_batcher_rejected")
-            raise ServiceBusy(f"vad batcher is full ({len(self._jobs)} session batches waiting)")
+            raise ServiceBusy(f"vad batcher is full ({self.waiting} session batches waiting)")
         loop = asyncio.get_running_loop()
         job = _Job(listener, packets, loop.create_future())
-        self._jobs.append(job)
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name="vad-batcher")
+        if self._jumps(listener):
+            live_stats.incr("vad_hot_lane_jobs")
+            self._hot.append(job)
+            if self._hot_task is None or self._hot_task.done():
+                self._hot_task = loop.create_task(self._run_hot(), name="vad-batcher-hot")
+        else:
+            self._jobs.append(job)
+            if self._task is None or self._task.done():
+                self._task = loop.create_task(self._run(), name="vad-batcher")
         return await job.future
+
+    def _jumps(self, listener: Listener) -> bool:
+        """Whether this job goes to the hot lane. A session's jobs stay in one lane while any of them
+        waits or runs (each lane runs its cycles one after another, so its packets stay in order:
+        the stop of a push-to-talk drains the queue while the input loop's batch is still out);
+        a session with none out goes there when it is hot and a cycle is under way."""
+        if any(job.listener is listener for job in itertools.chain(self._hot, self._hot_cycle)):
+            return True
+        if any(job.listener is listener for job in itertools.chain(self._cycle, self._jobs)):
+            return False
+        return bool(self.hot_lane and self._cycle and listener.hot)
 
     def _next_cycle(self) -> list[_Job]:
         """Hot sessions first (in arrival order), then the others, the longest unheard first; at
@@ -239,37 +267,66 @@ class VADBatcher:
         try:
             while self._jobs:
                 cycle = self._cycle = self._next_cycle()
-                if not cycle:
-                    continue
-                try:
-                    results = await self._dispatch(run_cycle, [(j.listener, j.packets, j.shed) for j in cycle], self.max_batch)
-                except Exception as exc:  # noqa: BLE001 - busy or timed out: every session of the cycle hears it
-                    results = [exc] * len(cycle)
-                for job, result in zip(cycle, results):
-                    if job.future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        job.future.set_exception(result)
-                    else:
-                        job.future.set_result(result)
+                if cycle:
+                    await self._run_one(cycle)
+                self._cycle = []
         finally:
             if self.closed:
                 self._fail_waiting()
 
+    async def _run_hot(self) -> None:
+        try:
+            while self._hot:
+                cycle = self._hot_cycle = []
+                seen: set[int] = set()
+                later: list[_Job] = []
+                while self._hot and len(cycle) < self.max_sessions_per_cycle:
+                    job = self._hot.popleft()
+                    if job.future.done():  # its session stopped waiting (closed)
+                        continue
+                    if id(job.listener) in seen:  # one job per session a cycle: the next waits
+                        later.append(job)
+                        continue
+                    seen.add(id(job.listener))
+                    cycle.append(job)
+                self._hot.extendleft(reversed(later))
+                if cycle:
+                    await self._run_one(cycle, first=True)
+                self._hot_cycle = []
+        finally:
+            if self.closed:
+                self._fail_waiting()
+
+    async def _run_one(self, cycle: list[_Job], first: bool = False) -> None:
+        jobs = [(j.listener, j.packets, j.shed) for j in cycle]
+        try:
+            results = await self._dispatch(run_cycle, jobs, self.max_batch, first=first)
+        except Exception as exc:  # noqa: BLE001 - busy or timed out: every session of the cycle hears it
+            results = [exc] * len(cycle)
+        for job, result in zip(cycle, results):
+            if job.future.done():
+                continue
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
     def _fail_waiting(self) -> None:
-        self._jobs.extendleft(reversed(self._cycle))
-        self._cycle = []
-        while self._jobs:
-            job = self._jobs.popleft()
+        jobs = [*self._cycle, *self._jobs, *self._hot_cycle, *self._hot]
+        self._cycle, self._hot_cycle = [], []
+        self._jobs.clear()
+        self._hot.clear()
+        for job in jobs:
             if not job.future.done():
                 job.future.set_exception(ServiceBusy("the VAD batcher is shut down"))
 
     async def close(self) -> None:
         self.closed = True
-        task, self._task = self._task, None
-        if task is not None and not task.done():
+        tasks = [t for t in (self._task, self._hot_task) if t is not None and not t.done()]
+        self._task = self._hot_task = None
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._fail_waiting()
 
 
@@ -283,5 +340,6 @@ def batcher() -> VADBatcher:
     loop = asyncio.get_running_loop()
     found = _batchers.get(loop)
     if found is None or found.closed:
-        found = _batchers[loop] = VADBatcher(settings.XIAOZHI_VAD_MAX_BATCH, shed_after=settings.XIAOZHI_VAD_SHED_AFTER_MS / 1000)
+        found = _batchers[loop] = VADBatcher(settings.XIAOZHI_VAD_MAX_BATCH, shed_after=settings.XIAOZHI_VAD_SHED_AFTER_MS / 1000,
+                                             hot_lane=settings.XIAOZHI_VAD_HOT_LANE)
     return found
