@@ -56,6 +56,7 @@ from voice.tools.model import Tool, ToolResult
 from voice.watchdogs import IdleWatch, watch_hello
 from voice.workers import ServiceBusy, ServiceTimeout
 from voice.workers import services as default_services
+from voice.workers.deadline_executor import FIRST
 from voice.workers.operations import pcm_bytes
 from voice.workers.vad_batcher import hear
 
@@ -450,7 +451,7 @@ class VoiceSession:
             return None
         services = self.services or default_services()
         return await services["vad"].run(self._turn_model.probability, utterance.pcm, owner=self.config.device_id,
-                                         deadline=0.0)
+                                         deadline=FIRST)
 
     def _asr_has_room(self) -> bool:
         busy = (self.services or default_services())["asr"].occupancy()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Generic, TypeVar
@@ -72,8 +73,6 @@ class ModelPool(Generic[T]):
         free them at exit). One still busy after that is left to its thread: freeing a model under
         a running call crashes the process (a llama.cpp context freed at exit while a worker thread
         still evaluated a prompt on it ended test runs with a segfault)."""
-        import time
-
         retired: list[T] = []
         deadline = time.monotonic() + timeout
         while len(retired) < self.size:

@@ -18,6 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 
+FIRST = 0.0  # a deadline before any other: the call runs next (someone is waiting for it now)
+
+
 class DeadlineExecutor:
     def __init__(self, max_workers: int, thread_name_prefix: str):
         self._heap: list = []

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from voice import live_stats
 from voice.pipeline.listener import DecodedBatch, Listener, SpeechStarted, Utterance
 from voice.workers import InProcessService, ServiceBusy
+from voice.workers.deadline_executor import FIRST
 
 MODES = ("cross_session", "session", "packet")
 # Small cycles: a session with speech in progress waits for the cycle under way before its own turn, so
@@ -80,8 +81,8 @@ def _vad_service() -> InProcessService:
 
 
 async def _run_on_vad_service(fn, *args, first: bool = False):
-    """``first``: ahead of every call queued on the service (deadline 0 in its deadline order)."""
-    return await _vad_service().run(fn, *args, deadline=0.0 if first else None)
+    """``first``: ahead of every call queued on the service."""
+    return await _vad_service().run(fn, *args, deadline=FIRST if first else None)
 
 
 # -- one cycle, on the VAD thread ---------------------------------------------------------------------------
@@ -215,10 +216,10 @@ class VADBatcher:
         the stop of a push-to-talk drains the queue while the input loop's batch is still out);
         a session with none out goes there when it is hot and a cycle is under way."""
         if any(job.listener is listener for job in itertools.chain(self._hot, self._hot_cycle)):
-            return True
-        if any(job.listener is listener for job in itertools.chain(self._cycle, self._jobs)):
-            return False
-        return bool(self.hot_lane and self._cycle and listener.hot)
+            return True  # the lane is a few hot sessions: cheap to scan on every submit
+        if not (self.hot_lane and self._cycle and listener.hot):
+            return False  # most jobs: no scan of the ordinary queue (hundreds) on the loop
+        return not any(job.listener is listener for job in itertools.chain(self._cycle, self._jobs))
 
     def _next_cycle(self) -> list[_Job]:
         """Hot sessions first (in arrival order), then the others, the longest unheard first; at
