@@ -19,7 +19,8 @@ Daphne (Twisted and autobahn, below Channels) leaves three doors open, each prob
 
 Each refusal is counted (``http_requests_timed_out``, ``http_heads_too_large``, ``http_bad_requests``,
 ``ws_reads_paused`` in voice.live_stats) rather than logged: a hostile client would fill the log.
-The limits live in performance.yaml's ``server`` section. Everything else is Daphne's own: its
+The limits live in performance.yaml's ``server`` section. autobahn's per-frame receive work is made
+cheaper for small frames by ``xiaozhi.ws_frames``. Everything else is Daphne's own: its
 command line (-b, -p, -u, --proxy-headers, ...); the application defaults to ours.
 """
 # daphne.server installs Twisted's asyncio reactor: it must be imported before anything imports Twisted.
@@ -35,6 +36,7 @@ from daphne.http_protocol import HTTPFactory
 from twisted.web import http
 
 from voice import live_stats
+from xiaozhi import ws_frames
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,7 @@ class LimitedServer(daphne.server.Server):
         collectors.watch_event_loop(daphne.server.twisted_loop)  # its task count is a leak figure
         # Server.run builds its HTTP factory by this module-level name; ours is a drop-in subclass.
         daphne.server.HTTPFactory = LimitedHTTPFactory
+        ws_frames.install()  # the WebSocket factory the same way, and autobahn's small-frame unmasking
         from devices import session_owner  # the application (and so Django) is loaded by now
 
         session_owner.start()  # close the rows a dead predecessor left open, then heartbeat our own

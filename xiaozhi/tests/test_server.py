@@ -231,3 +231,22 @@ def test_the_receive_queue_pauses_reading_when_full_and_resumes_at_half():
     assert calls == ["pause", "resume"] and queue.qsize() == 2
     queue.put_nowait({"type": "websocket.receive", "bytes": b"z" * 1001})  # over the byte bound alone
     assert calls == ["pause", "resume", "pause"] and queue.queued_bytes == 1003
+
+
+async def test_frames_split_across_reads_and_frames_over_the_small_payload_bound_are_heard(server):
+    """``xiaozhi.ws_frames`` unmasks small frames itself: a masked frame written a few bytes at a
+    time (each piece its own read) and a hello larger than its bound must both be understood."""
+    from xiaozhi.ws_frames import SMALL_PAYLOAD
+
+    padded = HELLO[:-1] + " " * (SMALL_PAYLOAD + 500) + "}"
+    async with websockets.connect(server.ws_url, additional_headers=device_headers(6)) as ws:
+        await ws.send(padded)
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
+        payload = json.dumps({"type": "ping"}).encode()
+        mask = bytes([0x37, 0xFA, 0x21, 0x3D])
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask + masked
+        for start in range(0, len(frame), 3):
+            ws.transport.write(frame[start:start + 3])
+            await asyncio.sleep(0.02)  # separate segments: separate reads on the server
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
