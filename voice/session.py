@@ -97,6 +97,7 @@ class SessionConfig:
     vad_silence_ms: int = 500
     vad_pause_ms: int = 200  # a pause this long starts speculative ASR and the end-of-turn check; 0: off
     end_of_turn_threshold: float = 0.5
+    end_of_turn_with_asr: bool = False  # the end-of-turn model is asked at the pause, beside the ASR
     vad_threshold: float = 0.5
     max_utterance_seconds: float = 30.0
     history_turns: int = 6
@@ -119,6 +120,7 @@ class SessionConfig:
             vad_silence_ms=settings.XIAOZHI_VAD_SILENCE_MS,
             vad_pause_ms=settings.XIAOZHI_VAD_PAUSE_MS,
             end_of_turn_threshold=settings.XIAOZHI_END_OF_TURN_THRESHOLD,
+            end_of_turn_with_asr=settings.XIAOZHI_END_OF_TURN_WITH_ASR,
             vad_threshold=settings.XIAOZHI_VAD_THRESHOLD,
             max_utterance_seconds=settings.XIAOZHI_MAX_UTTERANCE_SECONDS,
             history_turns=settings.XIAOZHI_HISTORY_TURNS,
@@ -166,7 +168,8 @@ class VoiceSession:
         )
         self._turn_model = end_of_turn.load_model() if config.vad_pause_ms else None
         self.speculation = SpeculativeASR(self._transcribe, self._end_of_turn, judge=self._judge,
-                                          threshold=config.end_of_turn_threshold, has_room=self._asr_has_room)
+                                          threshold=config.end_of_turn_threshold, has_room=self._asr_has_room,
+                                          judge_with_asr=config.end_of_turn_with_asr)
         self.history: collections.deque = collections.deque(maxlen=config.history_turns)
         self.idle = IdleWatch(config.idle_timeout, activated=config.activated,
                               unbound_session_seconds=config.unbound_session_seconds)

@@ -238,6 +238,11 @@ XIAOZHI_VAD_SILENCE_MS = env_int("XIAOZHI_VAD_SILENCE_MS", 500, 100, 5000)
 XIAOZHI_VAD_PAUSE_MS = env_int("XIAOZHI_VAD_PAUSE_MS", 200, 0, 5000)
 XIAOZHI_TURN_PROVIDER = env_str("XIAOZHI_TURN_PROVIDER", "smart_turn")
 XIAOZHI_END_OF_TURN_THRESHOLD = env_float("XIAOZHI_END_OF_TURN_THRESHOLD", 0.5, 0.0)
+# On: the model is asked at the pause, beside the speculative ASR (the turn waits for the slower of the two).
+# Off (default): only once the transcript is known not to trail off. On 2 cores the bundled Whisper then runs
+# slower by the model's CPU time and nothing is gained (benchmarks/README.md); with a hosted ASR, or spare
+# cores, on is faster.
+XIAOZHI_END_OF_TURN_WITH_ASR = env_bool("XIAOZHI_END_OF_TURN_WITH_ASR", False)
 XIAOZHI_VAD_THRESHOLD = env_float("XIAOZHI_VAD_THRESHOLD", 0.5, 0.0)
 XIAOZHI_MAX_UTTERANCE_SECONDS = env_float("XIAOZHI_MAX_UTTERANCE_SECONDS", 30.0, 1.0)
 # How uplink audio reaches the VAD (voice/workers/vad_batcher.py): "cross_session" scores many sessions'

@@ -8,9 +8,13 @@ hides most of the ASR time in the silence the turn would wait anyway. Three endi
 - the full silence cuts the utterance: ``take`` hands the transcription (finished or still running)
   to the turn, so the turn makes no second ASR call;
 - the transcription is ready before the full silence, its words do not trail off, and the
-  end-of-turn model (``judge``, asked only then, so it never delays the ASR) hears a finished turn
-  (``end_of_turn.ends_turn``): ``on_end`` is called with the utterance and its transcript, and the
-  turn starts before the full silence.
+  end-of-turn model (``judge``) hears a finished turn (``end_of_turn.ends_turn``): ``on_end`` is
+  called with the utterance and its transcript, and the turn starts before the full silence.
+
+The model is asked once the words are known to look complete, which spares its CPU on pauses whose
+words trail off; or, with ``judge_with_asr``, at the pause beside the ASR, so the turn waits for the
+slower of the two rather than their sum. That pays only where the two do not share the same cores
+(a hosted ASR, a bigger machine): on 2 cores the bundled Whisper ran slower by the model's time.
 
 One speculation at a time per session; its tasks are owned here until a turn takes the transcript.
 """
@@ -46,7 +50,7 @@ class SpeculativeASR:
     def __init__(self, transcribe: Callable[[Utterance], Awaitable[str]],
                  on_end: Callable[[Utterance, Transcript], None], *,
                  judge: Callable[[Utterance], Awaitable[float | None]] = _no_opinion, threshold: float = 0.5,
-                 has_room: Callable[[], bool] = lambda: True):
+                 has_room: Callable[[], bool] = lambda: True, judge_with_asr: bool = False):
         """``transcribe``: the ASR call; ``on_end``: start the turn now (the pause ended it);
         ``judge``: the end-of-turn model's probability that the speaker has finished (None: no
         opinion); ``has_room``: whether the ASR has a free slot now. Speculation only uses idle
@@ -56,6 +60,7 @@ class SpeculativeASR:
         self._judge = judge
         self._has_room = has_room
         self.threshold = threshold
+        self.judge_with_asr = judge_with_asr
         self._pause: Pause | None = None
         self._current: Transcript | None = None
         self._judging: asyncio.Task | None = None
@@ -74,10 +79,12 @@ class SpeculativeASR:
         self._pause, self._current = pause, Transcript(task, started)
         live_stats.incr("speculative_asr")
         task.add_done_callback(lambda t, current=self._current: self._transcribed(current))
+        if self.judge_with_asr:
+            self._judging = asyncio.create_task(self._decide(pause, self._current), name="end-of-turn")
 
     def _transcribed(self, transcript: Transcript) -> None:
         transcript.finished = time.monotonic()
-        if transcript is not self._current or transcript.task.cancelled() or transcript.task.exception() is not None:
+        if self.judge_with_asr or transcript is not self._current or not _succeeded(transcript.task):
             return
         if words_look_complete(transcript.task.result()):  # only then can the model end the turn
             self._judging = asyncio.create_task(self._decide(self._pause, transcript), name="end-of-turn")
@@ -89,8 +96,13 @@ class SpeculativeASR:
             live_stats.incr("errors:end_of_turn")
             log.info("end-of-turn model failed: %s", exc)
             return
-        if transcript is not self._current:
-            return  # speech resumed, or the full silence took it, while the model ran
+        if probability is None or probability < self.threshold:
+            return  # not the end, whatever the words: the full silence decides
+        # Asked beside the ASR: its text may still be coming. Waited for, not awaited: cancelling
+        # this decision (speech resumed) must not cancel a transcription the full silence may take.
+        await asyncio.wait({transcript.task})
+        if transcript is not self._current or not _succeeded(transcript.task):
+            return  # speech resumed, or the full silence took it, while the model ran; or the ASR failed
         if ends_turn(probability, transcript.task.result(), self.threshold):
             self._pause = self._current = self._judging = None
             live_stats.incr("end_of_turn_early")
@@ -117,6 +129,10 @@ class SpeculativeASR:
         judging, self._judging = self._judging, None
         if judging is not None and not judging.done() and judging is not asyncio.current_task():
             judging.cancel()
+
+
+def _succeeded(task: asyncio.Task) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
 
 
 async def speculative_text(transcript: Transcript, marks) -> str | None:

@@ -63,9 +63,11 @@ async def test_the_transcript_made_at_the_pause_is_the_turns_without_a_second_as
         assert "asr_done" in record.marks and record.model_seconds["asr"] >= 0
 
 
-async def test_speech_resuming_after_a_pause_discards_the_speculation_and_the_whole_utterance_is_heard():
+@pytest.mark.parametrize("with_asr", [False, True], ids=["after-asr", "beside-asr"])
+async def test_speech_resuming_after_a_pause_discards_the_speculation_and_the_whole_utterance_is_heard(with_asr):
     asr = LengthASR(delay=0.4)  # slower than the pause: the speaker goes on while it runs
-    async with Conversation(asr=asr, vad_silence_ms=500, vad_pause_ms=200, turn=FakeTurn(0.99)) as c:
+    async with Conversation(asr=asr, vad_silence_ms=500, vad_pause_ms=200, turn=FakeTurn(0.99),
+                            end_of_turn_with_asr=with_asr) as c:
         await c.listen("start", "auto")
         c.say(0.3, silence=0.3)  # a pause longer than 200 ms, shorter than the 500 ms that ends a turn
         await c.settle(100)  # the speculative transcription runs (and the pause sounds finished: 0.99)...
@@ -98,9 +100,11 @@ async def test_a_pause_that_sounds_and_reads_finished_is_answered_before_the_ful
     (0.9, "I would like to know"),  # sounds finished, but the words trail off
     (None, "What is the capital of France?"),  # no model
 ])
-async def test_a_pause_that_is_not_clearly_the_end_waits_for_the_full_silence(probability, words):
+@pytest.mark.parametrize("with_asr", [False, True], ids=["after-asr", "beside-asr"])
+async def test_a_pause_that_is_not_clearly_the_end_waits_for_the_full_silence(probability, words, with_asr):
     asr = LengthASR(words=words)
-    async with Conversation(asr=asr, turn=FakeTurn(probability), vad_silence_ms=1500, vad_pause_ms=200) as c:
+    async with Conversation(asr=asr, turn=FakeTurn(probability), vad_silence_ms=1500, vad_pause_ms=200,
+                            end_of_turn_with_asr=with_asr) as c:
         await c.listen("start", "auto")
         c.say(0.3, silence=0.6)
         await c.settle(600)  # the speculative transcription is done; the silence (0.6 s) is short of 1.5 s
@@ -159,3 +163,48 @@ def test_an_end_of_turn_model_that_cannot_load_leaves_silence_to_end_turns():
 
     with override_settings(XIAOZHI_TURN_PROVIDER="no-such-model"):
         assert load_model() is None
+
+
+async def test_the_model_is_asked_beside_the_asr_not_after_it():
+    asr = LengthASR(words="What is the capital of France?", delay=0.4)
+    turn = FakeTurn(0.9)
+    async with Conversation(asr=asr, turn=turn, vad_silence_ms=5000, vad_pause_ms=200, end_of_turn_with_asr=True) as c:
+        await c.listen("start", "auto")
+        c.say(0.3, silence=0.6)
+        await c.settle(150)  # the pause has been heard; the ASR is still running (0.4 s)
+        transcription = c.session.speculation._current.task
+        assert turn.asked == 1 and not transcription.done()  # asked while the words are still coming
+        stt = await c.until("stt")  # answered at the pause, long before the 5 s silence
+        assert stt.message.text == "What is the capital of France?"
+        assert len(asr.heard) == 1 and turn.asked == 1
+
+
+async def test_by_default_the_model_is_asked_after_the_asr_and_spared_words_that_trail_off():
+    asr = LengthASR(words="I would like to know")
+    turn = FakeTurn(0.9)
+    async with Conversation(asr=asr, turn=turn, vad_silence_ms=600, vad_pause_ms=200) as c:
+        await c.listen("start", "auto")
+        c.say(0.3, silence=0.7)
+        stt = await c.until("stt")
+        assert stt.message.text == "I would like to know" and turn.asked == 0
+
+
+async def test_the_full_silence_takes_a_transcription_still_running_when_the_model_has_answered():
+    # The model answers at once (finished), the ASR is slower than the rest of the silence: the
+    # silence cuts the turn while the decision still waits for the text. Stopping that decision
+    # must not cancel the transcription: the turn uses it, with no second call.
+    asr = LengthASR(words="What is the capital of France?", delay=0.6)
+    turn = FakeTurn(0.9)
+    async with Conversation(asr=asr, turn=turn, vad_silence_ms=1000, vad_pause_ms=200, end_of_turn_with_asr=True) as c:
+        await c.listen("start", "auto")
+        c.say(0.3, silence=0.3)
+        await c.settle(150)  # the model has said "finished"; the decision waits for the words
+        assert turn.asked == 1 and c.session.speculation.pending
+        for packet in silence_packets(0.8):  # the rest of the silence, while the ASR still runs
+            c.session.handle_binary(packet)
+        stt = await c.until("stt")
+        await c.until("tts", "stop")
+        assert stt.message.text == "What is the capital of France?"
+        assert len(asr.heard) == 1
+        (record,) = await c.turns_recorded(1)
+        assert not record.error

@@ -5,9 +5,10 @@ Silence alone cannot tell "What is the capital of France?" (done) from "I would 
 shipped as an ONNX file inside the ``pipecat-ai`` wheel, which is installed with ``--no-deps`` for
 that file alone) is a small Whisper-encoder classifier over the last 8 s of 16 kHz audio that
 returns the probability the turn is complete; it is multilingual (Chinese included) and runs in
-tens of ms on one CPU thread. It is asked about a pause once the pause's speculative transcript is
-ready before the full silence (``voice/pipeline/speculation.py``): a turn that sounds finished (and
-whose words do not trail off) is answered then, anything else waits for the full silence.
+tens of ms on one CPU thread (~110 ms on a slow 2-core host). It is asked about a pause once the
+pause's speculative transcript is ready before the full silence, or beside it
+(``voice/pipeline/speculation.py``): a turn that sounds finished (and whose words do not trail off)
+is answered then, anything else waits for the full silence.
 
 ``SilenceOnly`` is the choice without a model: it has no opinion, so only silence ends a turn.
 """
