@@ -227,6 +227,8 @@ class VoiceSession:
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=f"{name}:{self.config.session_id[:8]}")
+        if self.closed:  # from a handler that was awaiting while the session closed: close owns nothing later
+            task.cancel()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

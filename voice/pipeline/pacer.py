@@ -94,6 +94,7 @@ class Pacer:
         self._stopped.set()
         self.first_audio_at: float | None = None  # loop time of the reply's first frame sent
         self._queued_audio = 0  # frames waiting in the queue
+        self._closed = False  # the session ended: nothing is queued or sent any more
 
     @property
     def speaking(self) -> bool:
@@ -103,19 +104,23 @@ class Pacer:
     # -- producer side ---------------------------------------------------------------------------------
     async def begin(self) -> None:
         """Open a reply: queues ``tts start``, which the device needs before any audio."""
+        if self._closed:
+            return
         self._ensure_task()
         self._stopped.clear()
         self.first_audio_at = None
         await self._queue.put(Start())
 
     async def sentence(self, text: str) -> None:
-        await self._queue.put(Text(encode(Tts("sentence_start", text)), sentence=text))
+        await self._put(Text(encode(Tts("sentence_start", text)), sentence=text))
 
     async def text(self, message: str) -> None:
         """Any JSON message that must reach the device in order with the audio."""
-        await self._queue.put(Text(message))
+        await self._put(Text(message))
 
     async def audio(self, frame: bytes) -> None:
+        if self._closed:
+            return
         self._queued_audio += 1
         await self._queue.put(Audio(frame))
 
@@ -130,7 +135,7 @@ class Pacer:
 
     async def end(self) -> None:
         """Queue ``tts stop`` behind the audio; ``wait_stopped`` returns once it has been sent."""
-        await self._queue.put(Stop())
+        await self._put(Stop())
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -167,7 +172,14 @@ class Pacer:
         self._stopped.set()
         return playback
 
+    async def _put(self, item: Item) -> None:
+        if not self._closed:  # after close no task takes from the queue: a put could wait for ever
+            await self._queue.put(item)
+
     async def close(self) -> None:
+        """For good: a reply a late caller tries after this (a handler that was awaiting when the
+        session closed) is dropped, and no sending task is started again."""
+        self._closed = True
         if self._task:
             self._task.cancel()
             self._task = None

@@ -33,3 +33,20 @@ async def test_frames_queued_behind_the_sessions_own_close_start_nothing():
 
         assert c.sent[after_close:] == []  # no pong, no stt, no second hello
         assert tasks_of(c.session) == []
+
+
+async def test_a_handler_that_was_awaiting_at_the_close_starts_nothing_after_it():
+    # E.g. ``listen start`` while speaking awaits the abort; a watchdog closes the session in that
+    # time; the handler then goes on to spawn a greeting or speak. None of it may outlive the close.
+    from voice.pipeline.turn import speak
+
+    async with Conversation(tts=FakeTTS(seconds_per_word=0.01)) as c:
+        deps = c.session._deps()
+        await c.session.close("a watchdog")
+        after_close = len(c.sent)
+        late = c.session._spawn(asyncio.sleep(10), "greeting")
+        async with asyncio.timeout(1):
+            await speak(deps, "Hello again.")
+        await asyncio.sleep(0)
+        assert late.cancelled()
+        assert c.sent[after_close:] == [] and tasks_of(c.session) == []

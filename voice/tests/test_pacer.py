@@ -166,3 +166,21 @@ async def test_speaking_is_true_from_tts_start_to_tts_stop():
     await pacer.wait_stopped()
     assert seen == [("start", True), ("sentence_start", True), ("sentence_start", True), ("stop", False)]
     await pacer.close()
+
+
+async def test_after_close_a_late_reply_is_dropped_without_starting_a_sending_task():
+    # A handler that was awaiting while the session closed may still try to speak: nothing may be
+    # sent, no task started (it would outlive the session), and no put may wait for a consumer.
+    wire = Wire()
+    pacer = Pacer(wire.text, wire.audio, frame_ms=60, lead_frames=2, max_queued=2)
+    await pacer.close()
+    async with asyncio.timeout(1):
+        await pacer.begin()
+        await pacer.sentence("too late")
+        for i in range(5):  # more than the queue holds
+            await pacer.audio(bytes([i]))
+        await pacer.text(json.dumps({"type": "llm", "emotion": "happy"}))
+        await pacer.end()
+        await pacer.wait_stopped()
+    await asyncio.sleep(0.1)
+    assert pacer._task is None and wire.sent == []
