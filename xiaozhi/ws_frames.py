@@ -11,6 +11,15 @@ of autobahn's per-frame work took about a fifth of the loop, neither doing anyth
   that nobody here observes, making and resolving a Deferred every time (~10 %). It is skipped when
   the protocol has no observers at all, and fired as before when it has any.
 
+With those gone, autobahn's general frame machine was still ~a fifth of the loop: a read's debug
+line formatted whether logged or not, then a dozen hooks per frame (frame begin, message begin,
+frame data, frame end, message end) for fragmentation, compression, UTF-8 and control frames. A
+device frame needs none of them, so :meth:`DeviceWebSocketProtocol.dataReceived` takes, from the
+start of a read, every complete frame that is final, binary, masked, uncompressed, under 126 bytes
+and within the payload limits, and hands it to Daphne as autobahn would, with autobahn's traffic
+counts and auto-ping bookkeeping. Anything else (text, control frames, fragments, a frame split
+across reads, a protocol error) and all that follows it in the read goes through autobahn unchanged.
+
 Installed by the server entry point (``xiaozhi.server``) for its own Daphne; nothing changes what a
 frame carries, and ``xiaozhi/tests/test_ws_frames.py`` checks the masker against autobahn's.
 """
@@ -65,7 +74,50 @@ def install() -> None:
     daphne.server.WebSocketFactory = DeviceWebSocketFactory  # Server.__init__ builds it by this module-level name
 
 
+def _unmask(mask: bytes, payload: bytes) -> bytes:
+    size = len(payload)
+    key = (mask * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+
+
+SMALL_BINARY = 0x82  # first header byte: FIN, no RSV bits, opcode 2 (binary)
+SMALL_LENGTH = 126  # payload lengths from here on use an extended length field
+
+
 class DeviceWebSocketProtocol(WebSocketProtocol):
+    def dataReceived(self, data: bytes) -> None:
+        if (self.state != WebSocketProtocol.STATE_OPEN or self.data or self.current_frame is not None
+                or self.inside_message or self.failedByMe or self._listeners is not None
+                or self.logOctets or self.logFrames or self.trackedTimings):
+            super().dataReceived(data)
+            return
+        stats = self.trafficStats
+        stats.incomingOctetsWireLevel += len(data)
+        size, pos = len(data), 0
+        max_message, max_frame = self.maxMessagePayloadSize, self.maxFramePayloadSize
+        while size - pos >= 6 and data[pos] == SMALL_BINARY:
+            second = data[pos + 1]
+            length = second & 0x7F
+            end = pos + 6 + length
+            if not second & 0x80 or length >= SMALL_LENGTH or end > size:
+                break  # unmasked (a violation autobahn reports), extended length, or not all here
+            if 0 < max_message < length or 0 < max_frame < length:
+                break  # autobahn refuses it, with its close code
+            payload = _unmask(data[pos + 2 : pos + 6], data[pos + 6 : end])
+            pos = end
+            stats.incomingOctetsWebSocketLevel += length
+            stats.incomingOctetsAppLevel += length
+            stats.incomingWebSocketFrames += 1
+            stats.incomingWebSocketMessages += 1
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                self._cancelAutoPingTimeoutCall()
+            self._onMessage(payload, True)
+            if self.state != WebSocketProtocol.STATE_OPEN:
+                break  # closing while handling it: autobahn decides what the rest is worth
+        if pos < size:
+            self.data += data[pos:]  # counted on the wire above; the rest is autobahn's
+            self.consumeData()
+
     def onMessageEnd(self) -> None:
         if self._listeners is not None or self.trackedTimings:
             super().onMessageEnd()  # someone observes messages (or timings are on): autobahn's own path

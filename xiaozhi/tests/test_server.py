@@ -250,3 +250,52 @@ async def test_frames_split_across_reads_and_frames_over_the_small_payload_bound
             ws.transport.write(frame[start:start + 3])
             await asyncio.sleep(0.02)  # separate segments: separate reads on the server
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
+
+
+def masked_frame(payload: bytes, opcode: int = 2, mask: bytes = b"\x9c\x01\x7e\x33", masked: bool = True) -> bytes:
+    """One final client frame, written by hand (the client library would not coalesce or misbehave)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes([0x80 | opcode, (0x80 if masked else 0) | size])
+    else:
+        header = bytes([0x80 | opcode, (0x80 if masked else 0) | 126]) + size.to_bytes(2, "big")
+    if not masked:
+        return header + payload
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def v3_json(message: dict, pad: int = 0) -> bytes:
+    body = json.dumps(message).encode() + b" " * pad
+    return bytes([1, 0]) + len(body).to_bytes(2, "big") + body  # protocol v3: type 1 = JSON
+
+
+async def test_device_frames_coalesced_in_one_read_mixed_with_others_are_each_heard_in_order(server):
+    """``xiaozhi.ws_frames`` takes small binary frames itself and leaves the rest to autobahn: one
+    write holding binary frames, a text frame, a binary frame too long for the fast path and a frame
+    cut in the middle must give one answer per frame, in order."""
+    headers = {**device_headers(7), "Protocol-Version": "3"}
+    async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
+        await ws.send(HELLO.replace('"version": 1', '"version": 3'))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
+        ping = masked_frame(v3_json({"type": "ping"}))
+        text_ping = masked_frame(json.dumps({"type": "ping"}).encode(), opcode=1)
+        long_ping = masked_frame(v3_json({"type": "ping"}, pad=200))  # 16-bit length: autobahn's path
+        tail = masked_frame(v3_json({"type": "ping"}))
+        ws.transport.write(ping * 3 + text_ping + ping + long_ping + ping * 2 + tail[:5])
+        await asyncio.sleep(0.05)
+        ws.transport.write(tail[5:])
+        for i in range(9):
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong", i
+        await ws.send(json.dumps({"type": "ping"}))  # the connection is still in step
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
+
+
+async def test_an_unmasked_device_frame_is_still_a_protocol_error(server):
+    headers = {**device_headers(8), "Protocol-Version": "3"}
+    async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
+        await ws.send(HELLO.replace('"version": 1', '"version": 3'))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
+        ws.transport.write(masked_frame(v3_json({"type": "ping"}), masked=False))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is None or closed.value.rcvd.code == 1002
