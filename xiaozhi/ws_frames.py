@@ -15,8 +15,8 @@ With those gone, autobahn's general frame machine was still ~a fifth of the loop
 line formatted whether logged or not, then a dozen hooks per frame (frame begin, message begin,
 frame data, frame end, message end) for fragmentation, compression, UTF-8 and control frames. A
 device frame needs none of them, so :meth:`DeviceWebSocketProtocol.dataReceived` takes, from the
-start of a read, every complete frame that is final, binary, masked, uncompressed, under 126 bytes
-and within the payload limits, and hands it to Daphne as autobahn would, with autobahn's traffic
+start of a read, every complete frame that is final, binary, masked, uncompressed, at most
+``SMALL_PAYLOAD`` bytes and within the payload limits, and hands it to Daphne as autobahn would, with autobahn's traffic
 counts and auto-ping bookkeeping. Anything else (text, control frames, fragments, a frame split
 across reads, a protocol error) and all that follows it in the read goes through autobahn unchanged.
 
@@ -81,7 +81,7 @@ def _unmask(mask: bytes, payload: bytes) -> bytes:
 
 
 SMALL_BINARY = 0x82  # first header byte: FIN, no RSV bits, opcode 2 (binary)
-SMALL_LENGTH = 126  # payload lengths from here on use an extended length field
+EXTENDED_16 = 126  # a 7-bit length of 126: the length is in the next 16 bits (minimal: 126 and over)
 
 
 class DeviceWebSocketProtocol(WebSocketProtocol):
@@ -97,13 +97,23 @@ class DeviceWebSocketProtocol(WebSocketProtocol):
         max_message, max_frame = self.maxMessagePayloadSize, self.maxFramePayloadSize
         while size - pos >= 6 and data[pos] == SMALL_BINARY:
             second = data[pos + 1]
-            length = second & 0x7F
-            end = pos + 6 + length
-            if not second & 0x80 or length >= SMALL_LENGTH or end > size:
-                break  # unmasked (a violation autobahn reports), extended length, or not all here
+            if not second & 0x80:
+                break  # unmasked: a violation autobahn reports
+            length, head = second & 0x7F, 6
+            if length == EXTENDED_16:  # most Opus packets are 100-200 bytes
+                if size - pos < 8:
+                    break
+                length, head = (data[pos + 2] << 8) | data[pos + 3], 8
+                if length < EXTENDED_16 or length > SMALL_PAYLOAD:
+                    break  # not the minimal encoding (autobahn's violation), or large: autobahn's masker
+            elif length > EXTENDED_16:
+                break  # 64-bit length
+            end = pos + head + length
+            if end > size:
+                break  # not all here yet
             if 0 < max_message < length or 0 < max_frame < length:
                 break  # autobahn refuses it, with its close code
-            payload = _unmask(data[pos + 2 : pos + 6], data[pos + 6 : end])
+            payload = _unmask(data[pos + head - 4 : pos + head], data[pos + head : end])
             pos = end
             stats.incomingOctetsWebSocketLevel += length
             stats.incomingOctetsAppLevel += length

@@ -273,29 +273,40 @@ async def test_device_frames_coalesced_in_one_read_mixed_with_others_are_each_he
     """``xiaozhi.ws_frames`` takes small binary frames itself and leaves the rest to autobahn: one
     write holding binary frames, a text frame, a binary frame too long for the fast path and a frame
     cut in the middle must give one answer per frame, in order."""
+    from xiaozhi.ws_frames import SMALL_PAYLOAD
+
     headers = {**device_headers(7), "Protocol-Version": "3"}
     async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
         await ws.send(HELLO.replace('"version": 1', '"version": 3'))
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
         ping = masked_frame(v3_json({"type": "ping"}))
         text_ping = masked_frame(json.dumps({"type": "ping"}).encode(), opcode=1)
-        long_ping = masked_frame(v3_json({"type": "ping"}, pad=200))  # 16-bit length: autobahn's path
-        tail = masked_frame(v3_json({"type": "ping"}))
-        ws.transport.write(ping * 3 + text_ping + ping + long_ping + ping * 2 + tail[:5])
+        opus_sized = masked_frame(v3_json({"type": "ping"}, pad=120))  # a 16-bit length, as most Opus packets
+        long_ping = masked_frame(v3_json({"type": "ping"}, pad=SMALL_PAYLOAD))  # over the bound: autobahn's
+        tail = masked_frame(v3_json({"type": "ping"}, pad=120))
+        ws.transport.write(opus_sized + ping * 3 + text_ping + opus_sized + ping + long_ping + ping * 2 + tail[:7])
         await asyncio.sleep(0.05)
-        ws.transport.write(tail[5:])
-        for i in range(9):
+        ws.transport.write(tail[7:])
+        for i in range(11):
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong", i
         await ws.send(json.dumps({"type": "ping"}))  # the connection is still in step
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
 
 
-async def test_an_unmasked_device_frame_is_still_a_protocol_error(server):
+def non_minimal_frame(payload: bytes, mask: bytes = b"\x9c\x01\x7e\x33") -> bytes:
+    """A short payload with a 16-bit length field: RFC 6455 requires the shortest encoding."""
+    return bytes([0x82, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize("kind", ["unmasked", "non-minimal length"])
+async def test_a_malformed_device_frame_is_still_a_protocol_error(server, kind):
     headers = {**device_headers(8), "Protocol-Version": "3"}
     async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
         await ws.send(HELLO.replace('"version": 1', '"version": 3'))
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
-        ws.transport.write(masked_frame(v3_json({"type": "ping"}), masked=False))
+        payload = v3_json({"type": "ping"})
+        ws.transport.write(masked_frame(payload, masked=False) if kind == "unmasked" else non_minimal_frame(payload))
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd is None or closed.value.rcvd.code == 1002
