@@ -82,13 +82,18 @@ async def test_speech_resuming_after_a_pause_discards_the_speculation_and_the_wh
         assert all(seconds < heard for seconds in asr.heard[:-1])  # earlier calls were the discarded guess
 
 
-async def test_a_pause_that_sounds_and_reads_finished_is_answered_before_the_full_silence():
+@pytest.mark.parametrize("with_asr", [False, True], ids=["after-asr", "beside-asr"])
+async def test_a_pause_that_sounds_and_reads_finished_is_answered_before_the_full_silence(with_asr):
     # The full silence is set far beyond what is sent: only the end-of-turn decision can end this turn.
-    asr = LengthASR(words="What is the capital of France?")
+    asr = LengthASR(words="What is the capital of France?", delay=0.4)
     turn = FakeTurn(0.9)
-    async with Conversation(asr=asr, turn=turn, vad_silence_ms=5000, vad_pause_ms=200) as c:
+    async with Conversation(asr=asr, turn=turn, vad_silence_ms=5000, vad_pause_ms=200,
+                            end_of_turn_with_asr=with_asr) as c:
         await c.listen("start", "auto")
         c.say(0.3, silence=0.6)
+        await c.settle(150)  # the pause has been heard; the ASR is still running (0.4 s)
+        assert not c.session.speculation._current.task.done()
+        assert turn.asked == (1 if with_asr else 0)  # beside the ASR: asked while the words are coming
         stt = await c.until("stt")
         assert stt.message.text == "What is the capital of France?"
         await c.until("tts", "stop")
@@ -163,20 +168,6 @@ def test_an_end_of_turn_model_that_cannot_load_leaves_silence_to_end_turns():
 
     with override_settings(XIAOZHI_TURN_PROVIDER="no-such-model"):
         assert load_model() is None
-
-
-async def test_the_model_is_asked_beside_the_asr_not_after_it():
-    asr = LengthASR(words="What is the capital of France?", delay=0.4)
-    turn = FakeTurn(0.9)
-    async with Conversation(asr=asr, turn=turn, vad_silence_ms=5000, vad_pause_ms=200, end_of_turn_with_asr=True) as c:
-        await c.listen("start", "auto")
-        c.say(0.3, silence=0.6)
-        await c.settle(150)  # the pause has been heard; the ASR is still running (0.4 s)
-        transcription = c.session.speculation._current.task
-        assert turn.asked == 1 and not transcription.done()  # asked while the words are still coming
-        stt = await c.until("stt")  # answered at the pause, long before the 5 s silence
-        assert stt.message.text == "What is the capital of France?"
-        assert len(asr.heard) == 1 and turn.asked == 1
 
 
 async def test_by_default_the_model_is_asked_after_the_asr_and_spared_words_that_trail_off():
