@@ -16,18 +16,27 @@ line formatted whether logged or not, then a dozen hooks per frame (frame begin,
 frame data, frame end, message end) for fragmentation, compression, UTF-8 and control frames. A
 device frame needs none of them, so :meth:`DeviceWebSocketProtocol.dataReceived` takes, from the
 start of a read, every complete frame that is final, binary, masked, uncompressed, at most
-``SMALL_PAYLOAD`` bytes and within the payload limits, and hands it to Daphne as autobahn would, with autobahn's traffic
-counts and auto-ping bookkeeping. Anything else (text, control frames, fragments, a frame split
-across reads, a protocol error) and all that follows it in the read goes through autobahn unchanged.
+``SMALL_PAYLOAD`` bytes and within the payload limits, and hands it to Daphne as autobahn would,
+with autobahn's traffic counts and auto-ping bookkeeping. Anything else (text, control frames,
+fragments, a frame split across reads, a protocol error) and all that follows it in the read goes
+through autobahn unchanged.
 
 Installed by the server entry point (``xiaozhi.server``) for its own Daphne; nothing changes what a
-frame carries, and ``xiaozhi/tests/test_ws_frames.py`` checks the masker against autobahn's.
+frame carries. ``xiaozhi/tests/test_ws_frames.py`` checks the masker against autobahn's;
+``xiaozhi/tests/test_server.py`` sends a real server split, coalesced, mixed and malformed frames.
 """
 from __future__ import annotations
 
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 
 SMALL_PAYLOAD = 4096  # bytes; up to this a frame is unmasked with one int XOR, beyond it by autobahn
+
+
+def _unmask(mask: bytes, payload: bytes) -> bytes:
+    """``payload`` XOR the 4-byte ``mask`` repeated: one operation on two ints instead of a byte loop."""
+    size = len(payload)
+    key = (mask * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
 
 
 class IntXorMasker:
@@ -47,13 +56,9 @@ class IntXorMasker:
         self._pointer = 0
 
     def process(self, data: bytes) -> bytes:
-        size = len(data)
-        if not size:
-            return b""
-        phase = self._pointer & 3
-        key = (self._mask * ((size + phase) // 4 + 1))[phase : phase + size]
-        self._pointer += size
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+        phase = self._pointer & 3  # where in the 4-byte mask this piece of the payload starts
+        self._pointer += len(data)
+        return _unmask((self._mask * 2)[phase : phase + 4], data)
 
 
 def install() -> None:
@@ -74,17 +79,13 @@ def install() -> None:
     daphne.server.WebSocketFactory = DeviceWebSocketFactory  # Server.__init__ builds it by this module-level name
 
 
-def _unmask(mask: bytes, payload: bytes) -> bytes:
-    size = len(payload)
-    key = (mask * (size // 4 + 1))[:size]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
-
-
 SMALL_BINARY = 0x82  # first header byte: FIN, no RSV bits, opcode 2 (binary)
 EXTENDED_16 = 126  # a 7-bit length of 126: the length is in the next 16 bits (minimal: 126 and over)
 
 
 class DeviceWebSocketProtocol(WebSocketProtocol):
+    """Daphne's WebSocket protocol with the fast path for device frames (see the module's docstring)."""
+
     def dataReceived(self, data: bytes) -> None:
         if (self.state != WebSocketProtocol.STATE_OPEN or self.data or self.current_frame is not None
                 or self.inside_message or self.failedByMe or self._listeners is not None
