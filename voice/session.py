@@ -225,9 +225,12 @@ class VoiceSession:
             await self.close(reason)
             await self.transport.close(code, reason)
 
-    def _spawn(self, coro, name: str) -> asyncio.Task:
+    def _spawn(self, coro, name: str, *, after_close: bool = False) -> asyncio.Task:
+        """``after_close``: work that must still happen when spawned after the close (the record of
+        the turn the close cut); anything else spawned then (by a handler that was awaiting while
+        the session closed) is cancelled at once, so nothing acts on the device after its close."""
         task = asyncio.create_task(coro, name=f"{name}:{self.config.session_id[:8]}")
-        if self.closed:  # from a handler that was awaiting while the session closed: close owns nothing later
+        if self.closed and not after_close:
             task.cancel()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -525,7 +528,7 @@ class VoiceSession:
             if record.user_text:
                 live_stats.turn_finished(record.as_row())
             if self.on_turn and record.user_text:
-                stored = self._spawn(self.on_turn(record), "record-turn")
+                stored = self._spawn(self.on_turn(record), "record-turn", after_close=True)
         if record.end_conversation:
             # The farewell was spoken and ``tts stop`` sent (the reply is over): the firmware
             # expects the server to close now. The turn is stored first, then the socket closes.

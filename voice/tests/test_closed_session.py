@@ -50,3 +50,15 @@ async def test_a_handler_that_was_awaiting_at_the_close_starts_nothing_after_it(
         await asyncio.sleep(0)
         assert late.cancelled()
         assert c.sent[after_close:] == [] and tasks_of(c.session) == []
+
+
+async def test_the_turn_a_close_cuts_is_still_recorded():
+    # The turn's record is spawned by the turn as the close cancels it, so after the close: that
+    # one task must still run (the admin's turn list shows the cut turn), unlike anything else.
+    async with Conversation(tts=FakeTTS(seconds_per_word=0.5)) as c:
+        await c.listen("start", "auto")
+        c.say(0.3, silence=0.6)
+        await c.until("tts", "start")
+        await c.session.close("the device disconnected")
+        (record,) = await c.turns_recorded(1)
+        assert record.user_text and record.error
