@@ -244,18 +244,19 @@ async def test_frames_split_across_reads_and_frames_over_the_small_payload_bound
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
         payload = json.dumps({"type": "ping"}).encode()
         mask = bytes([0x37, 0xFA, 0x21, 0x3D])
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        frame = bytes([0x81, 0x80 | len(payload)]) + mask + masked
+        frame = masked_frame(payload, opcode=1, mask=mask)
         for start in range(0, len(frame), 3):
             ws.transport.write(frame[start:start + 3])
             await asyncio.sleep(0.02)  # separate segments: separate reads on the server
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
 
 
-def masked_frame(payload: bytes, opcode: int = 2, mask: bytes = b"\x9c\x01\x7e\x33", masked: bool = True) -> bytes:
-    """One final client frame, written by hand (the client library would not coalesce or misbehave)."""
+def masked_frame(payload: bytes, opcode: int = 2, mask: bytes = b"\x9c\x01\x7e\x33", masked: bool = True,
+                 length16: bool = False) -> bytes:
+    """One final client frame, written by hand (the client library would not coalesce or misbehave).
+    ``length16``: a 16-bit length field even for a short payload (not the minimal encoding)."""
     size = len(payload)
-    if size < 126:
+    if size < 126 and not length16:
         header = bytes([0x80 | opcode, (0x80 if masked else 0) | size])
     else:
         header = bytes([0x80 | opcode, (0x80 if masked else 0) | 126]) + size.to_bytes(2, "big")
@@ -293,12 +294,6 @@ async def test_device_frames_coalesced_in_one_read_mixed_with_others_are_each_he
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "pong"
 
 
-def non_minimal_frame(payload: bytes, mask: bytes = b"\x9c\x01\x7e\x33") -> bytes:
-    """A short payload with a 16-bit length field: RFC 6455 requires the shortest encoding."""
-    return bytes([0x82, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + bytes(
-        b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 @pytest.mark.parametrize("kind", ["unmasked", "non-minimal length"])
 async def test_a_malformed_device_frame_is_still_a_protocol_error(server, kind):
     headers = {**device_headers(8), "Protocol-Version": "3"}
@@ -306,7 +301,7 @@ async def test_a_malformed_device_frame_is_still_a_protocol_error(server, kind):
         await ws.send(HELLO.replace('"version": 1', '"version": 3'))
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "hello"
         payload = v3_json({"type": "ping"})
-        ws.transport.write(masked_frame(payload, masked=False) if kind == "unmasked" else non_minimal_frame(payload))
+        ws.transport.write(masked_frame(payload, masked=kind != "unmasked", length16=kind == "non-minimal length"))
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd is None or closed.value.rcvd.code == 1002
