@@ -176,6 +176,9 @@ class VoiceSession:
         self.activation = ActivationPrompt(config.activation_code)
         self._pending = PacketQueue(MAX_PENDING_PACKETS)
         self._audio_ready = asyncio.Event()
+        # One batch at the VAD at a time: ``listen stop`` must hear the batch the input loop has
+        # out before it takes the utterance, and a session's batches then stay in order.
+        self._hearing = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._turn: asyncio.Task | None = None
         self._greeting: asyncio.Task | None = None  # the wake greeting, while it is the turn
@@ -412,7 +415,12 @@ class VoiceSession:
 
     async def _drain_input(self) -> None:
         """Hand everything queued to the VAD (``vad_batcher.hear``) and act on what it heard. A
-        busy or timed-out VAD loses this batch (counted, logged) but never the session."""
+        busy or timed-out VAD loses this batch (counted, logged) but never the session. Returns
+        once everything queued before the call has been heard, a batch already out included."""
+        async with self._hearing:
+            await self._hear_pending()
+
+    async def _hear_pending(self) -> None:
         self._audio_ready.clear()
         if not self._pending:
             return

@@ -71,6 +71,7 @@ async def _warm(server):
     d = await device(server, 0, "02:3a")
     await talk(d)
     await d.close()
+    _opened.clear()  # closed, and of another loop: not the first probe's to close
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +87,19 @@ def stores_up(stores, server):
     if server.process is None:
         server.start()
     yield
+
+
+_opened: list[SimulatedDevice] = []  # this probe's devices, closed after it whatever happened
+
+
+@pytest.fixture(autouse=True)
+async def devices_closed():
+    """A probe that fails halfway leaves its devices connected: closed here, so the next probe
+    starts with nobody connected instead of failing on this one's leftovers."""
+    yield
+    opened = list(_opened)
+    _opened.clear()
+    await close_all(opened)
 
 
 def _stopped(store) -> bool:
@@ -138,6 +152,7 @@ async def device(server, n: int, prefix: str = "02:fa", hello_timeout: float = 1
     # Without MCP: these probes are about storage and transport; the tool exchange after the hello
     # only adds traffic to the moment a store is killed.
     d = SimulatedDevice(device_id=f"{prefix}:00:00:{n // 256:02x}:{n % 256:02x}", client_id=f"fault-{prefix}-{n}", mcp=False)
+    _opened.append(d)
     try:
         await d.connect(server.ws_url, hello_timeout=hello_timeout)
     except websockets.ConnectionClosed:  # closed before the hello could be sent: the reader saw the code
@@ -246,6 +261,7 @@ async def test_a_redis_blip_while_devices_talk_keeps_their_conversations(server,
 
     async def takeover_works():
         newer = SimulatedDevice(device_id=talking[1].device_id, client_id=talking[1].client_id, mcp=False)
+        _opened.append(newer)
         await newer.connect(server.ws_url)
         try:
             await talking[1].wait_closed(1.0)

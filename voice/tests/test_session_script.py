@@ -1,6 +1,9 @@
 """The conversation's logic on a scripted timeline: the real session, listener, pacer, turn and
 dispatch seam, with the scripted fake providers and no socket (``harness.py``), a few seconds in
 all. The same paths run on the bundled models over the real ASGI app in ``test_conversation.py``."""
+import asyncio
+import threading
+
 import numpy as np
 from django.test import override_settings
 
@@ -108,6 +111,32 @@ async def test_manual_mode_answers_on_listen_stop_and_goes_idle():
         assert c.labels() == ["hello", "stt", "tts:start", "llm", "tts:sentence_start", "audio", "tts:stop"]
         assert stop.state == "idle" and c.session.state == "idle"
         assert c.states() == ["idle", "thinking", "speaking", "idle"]
+
+
+async def test_a_listen_stop_waits_for_the_batch_the_vad_is_still_hearing():
+    """The input loop took every packet and is out at the VAD when ``listen stop`` comes: the stop's
+    drain finds the queue empty, and must still wait for that batch before taking the utterance (a
+    fault test on a loaded machine lost whole push-to-talk turns to this: no ``stt`` at all)."""
+    async with Conversation() as c:
+        await c.listen("start", "manual")
+        entered, release = threading.Event(), threading.Event()
+        decode = c.session.listener.decode
+
+        def held_decode(packets):
+            entered.set()
+            release.wait(5)
+            return decode(packets)
+
+        c.session.listener.decode = held_decode
+        c.say(0.6, silence=0)
+        assert await asyncio.to_thread(entered.wait, 5)  # the batch is out, the queue empty
+        assert not c.session._pending
+        stop = asyncio.ensure_future(c.listen("stop"))
+        await c.settle(100)
+        release.set()
+        await stop
+        await c.until("tts", "stop")
+        assert c.labels() == ["hello", "stt", "tts:start", "llm", "tts:sentence_start", "audio", "tts:stop"], dump(c.sent)
 
 
 async def test_a_press_too_short_to_be_speech_is_ignored():
