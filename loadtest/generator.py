@@ -22,6 +22,8 @@ from voice.pipeline.turn import BUSY_REPLY
 from voice.protocol import ServerHello, Stt, Tts
 from loadtest.simulated_device import SimulatedDevice
 
+MAX_GAPS_KEPT = 20  # underruns listed per turn in the report (all are counted)
+
 
 @dataclass
 class Config:
@@ -206,7 +208,9 @@ class Run:
                    sum(1 for e in events if e.kind == "audio") - len(arrivals),
                    underruns=play.underruns, overflows=play.overflows,
                    underruns_in_generator_stall=sum(1 for a, b in play.gaps if self.during_stall(a, b)), underrun_seconds=round(play.underrun_seconds, 3),
-                   played_seconds=round(play.played_seconds, 2), stt_text=result.stt)
+                   played_seconds=round(play.played_seconds, 2), stt_text=result.stt,
+                   # where each underrun was: seconds after this answer's first audio, and how long
+                   underrun_gaps=[(round(a - arrivals[0], 2), round(b - a, 2)) for a, b in play.gaps[:MAX_GAPS_KEPT]])
         closed = any(e.kind == "closed" for e in events)
         sentence = next((e.message.text for e in events if isinstance(e.message, Tts) and e.message.state == "sentence_start"), None)
         row["reply"] = sentence

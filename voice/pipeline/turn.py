@@ -256,6 +256,8 @@ async def _write_reply(deps: TurnDeps, user_text: str, record: TurnRecord, out: 
     try:
         async with aclosing(stream):
             async for delta in stream:
+                if not delta:
+                    continue  # a heartbeat: the reply waits for its turn on the model (interleave.py)
                 if "llm_first_token" not in record.marks:
                     record.mark("llm_first_token")
                     record.model_seconds["llm_first_token"] = time.monotonic() - started

