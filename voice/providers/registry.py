@@ -66,7 +66,6 @@ def _smollm2():
         threads=settings.XIAOZHI_MODEL_THREADS,
         max_tokens=settings.XIAOZHI_LLM_MAX_TOKENS,
         system_prompt=settings.XIAOZHI_SYSTEM_PROMPT,
-        first_clause_max_words=settings.XIAOZHI_FIRST_CLAUSE_MAX_WORDS,
     )
 
 

@@ -6,23 +6,10 @@ import time
 import pytest
 
 from voice.providers.llm import interleave
-from voice.providers.llm.interleave import NEVER, Schedule, Turns, clause_ended, words
+from voice.providers.llm.interleave import NEVER, Schedule, Turns, TurnTimeout, words
 
 
-def test_a_clause_ends_where_the_sentence_splitter_cuts():
-    assert not clause_ended("Paris is the capital of France.", first=True)  # "3.5": the splitter waits
-    assert clause_ended("Paris is the capital of France. It", first=True)
-    assert clause_ended("Sure! ", first=False)
-    assert clause_ended("巴黎是法国的首都。", first=True)
-    assert clause_ended("The city of light,", first=True)  # a first clause: four words before the comma
-    assert not clause_ended("Well, ", first=True)  # too short to be spoken on its own
-    assert not clause_ended("The city of light, ", first=False)  # a later clause needs ten words
-    assert not clause_ended("The city of", first=True)
-    assert not clause_ended("", first=True)
-    # XIAOZHI_FIRST_CLAUSE_MAX_WORDS=6: six complete words and the seventh begun
-    assert not clause_ended("The history of Paris is steeped", first=True, first_max_words=6)
-    assert clause_ended("The history of Paris is steeped in", first=True, first_max_words=6)
-    assert not clause_ended("The history of Paris is steeped in", first=False, first_max_words=6)
+def test_words_count_chinese_characters_one_and_a_half_to_a_word():
     assert words("巴黎是法国的首都") == 8 / 1.5 and words("two words") == 2
 
 
@@ -35,6 +22,9 @@ def test_a_reply_is_due_when_the_device_would_run_out_of_words():
     before = schedule.next_due
     schedule.wrote(" in history, with a rich tapestry")
     assert schedule.next_due > before  # more written: due later
+    summary = Schedule(asked=100.0, background=True)  # a memory summary: nobody waits for it
+    summary.wrote("The user likes tea.")
+    assert summary.first_due == summary.next_due == NEVER
 
 
 def _waiter(turns: Turns, due: float, order: list, name: str, beats: list | None = None, cancel=None):
@@ -117,6 +107,32 @@ def test_closing_a_waiting_generator_gives_its_place_up(monkeypatch):
     next(gen)  # a heartbeat: still waiting
     gen.close()
     assert turns._waiting == []
+
+
+def test_a_cancelled_waiter_never_takes_a_free_turn():
+    turns = Turns(1)
+    list(turns.wait(1.0))
+    cancel = threading.Event()
+    gen = turns.wait(0.5, cancel)  # due sooner than anyone
+    cancel.set()
+    turns.release()
+    with pytest.raises(StopIteration) as done:
+        next(gen)
+    assert done.value.value is False and turns._waiting == [] and turns._free == 1
+
+
+def test_background_work_gives_up_waiting_for_a_turn_after_its_timeout():
+    turns = Turns(1)
+    list(turns.wait(1.0))
+    started = time.monotonic()
+    with pytest.raises(TurnTimeout):
+        with turns.turn(timeout=0.1):
+            pytest.fail("ran without a turn")
+    assert time.monotonic() - started < 2 and turns._waiting == []
+    turns.release()
+    with turns.turn(timeout=0.1):
+        assert turns._free == 0
+    assert turns._free == 1
 
 
 def test_two_slots_serve_two_at_once():

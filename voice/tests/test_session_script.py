@@ -233,3 +233,4 @@ async def test_heartbeats_of_a_waiting_reply_are_not_its_first_token():
         [record] = await c.turns_recorded(1)
         assert c.sentences() == ["It is noon."] and record.reply_text == "It is noon."
         assert record.model_seconds["llm_first_token"] >= 0.15  # the words' arrival, not the first heartbeat
+

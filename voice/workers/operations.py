@@ -151,5 +151,8 @@ def summarize_memory(llm_name: str, old_memory: str, dialogue: list[list[str]], 
     llm = registry.get_llm(llm_name)
     messages = memory.summary_messages(old_memory, dialogue, max_chars)
     cancel = threading.Event()
-    parts = llm.stream(messages, cancel, model=model) if model else llm.stream(messages, cancel)
+    extra = {"model": model} if model else {}
+    if _takes(llm.stream, "background"):
+        extra["background"] = True  # nobody waits for it: every reply goes first (interleave.py)
+    parts = llm.stream(messages, cancel, **extra)
     return memory.clean_summary("".join(parts), old_memory, max_chars)

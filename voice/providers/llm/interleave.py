@@ -3,8 +3,9 @@
 A device needs about 3 tokens of text a second to keep speaking; the bundled model writes ~80 on
 2 cores. Written one whole reply after another, five answers asked together left the fifth device
 silent for the four replies before it (~5-9 s with 80-token answers). Here replies take turns on
-the contexts instead: at the end of each clause (where the turn's sentence splitter cuts a piece to
-speak) a reply gives its context up if another one waiting is due sooner than its own next clause.
+the contexts instead: at the end of each clause (where the turn's ``SentenceSplitter`` cuts a piece
+to speak: the provider runs one on its own words) a reply gives its context up if another one
+waiting is due sooner than its own next clause.
 
 What a reply is due by:
 
@@ -13,7 +14,8 @@ What a reply is due by:
 * its next clause: shortly before the device runs out of what was written so far, estimated from
   the words written since its first clause (``WORD_SECONDS`` each, the bundled voice's pace), less
   ``NEXT_CLAUSE_SECONDS`` to write and synthesise that clause;
-* background work (prefill, warm-up): never; it runs when no reply waits.
+* background work (prefill, warm-up, a memory summary): never; it runs when no reply waits, and a
+  prefill gives up after ``TURN_TIMEOUT``.
 
 A reply alone never gives its context up, so one device pays nothing for this. Taking a context
 back costs re-evaluating the reply's own words after the shared system prompt (llama.cpp keeps the
@@ -47,11 +49,12 @@ SPEAKING_DELAY = 0.3  # from a first clause written to its first audio on the de
 # (benchmarks/README.md, "Long answers taking turns").
 NEXT_CLAUSE_SECONDS = 0.8
 HEARTBEAT_SECONDS = 1.0  # how often a waiting reply tells its consumer it is alive
+TURN_TIMEOUT = 10.0  # how long background work waits for a turn before it is given up
 
-_HARD_ENDS = set("!?;\n" "。！？；")
-_SOFT_ENDS = set(",:" "，、：")
-FIRST_CLAUSE_MIN_WORDS = 4  # as the turn's SentenceSplitter cuts a first piece at a comma
-LATER_CLAUSE_MIN_WORDS = 10
+
+class TurnTimeout(Exception):
+    pass
+
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")
 
 
@@ -61,36 +64,19 @@ def words(text: str) -> float:
     return len(_CJK.sub(" ", text).split()) + cjk / 1.5
 
 
-def clause_ended(text: str, first: bool, first_max_words: int = 0) -> bool:
-    """Whether the turn's sentence splitter has a piece to speak in ``text`` (the reply's words
-    since its last piece): giving the context up before that would hold this reply's next piece
-    back until its next turn. The same cuts as ``voice.pipeline.sentences``: a period only once a
-    space follows it, a comma after enough words, and ``first_max_words`` (the splitter's cut of a
-    long first clause without punctuation, XIAOZHI_FIRST_CLAUSE_MAX_WORDS; 0: none)."""
-    for i, ch in enumerate(text):
-        if ch in _HARD_ENDS:
-            return True
-        if ch == "." and i + 1 < len(text) and text[i + 1].isspace():
-            return True
-        if ch in _SOFT_ENDS and words(text[:i]) >= (FIRST_CLAUSE_MIN_WORDS if first else LATER_CLAUSE_MIN_WORDS):
-            return True
-    if first and first_max_words:
-        space = text.rstrip().rfind(" ")  # the words before it are complete
-        return space > 0 and words(text[:space]) >= first_max_words
-    return False
-
-
 class Schedule:
     """One reply's deadlines (``time.monotonic()``), from when it asked and what it has written."""
 
-    def __init__(self, asked: float | None = None):
+    def __init__(self, asked: float | None = None, background: bool = False):
+        """``background``: nobody waits for this text (a memory summary): due never."""
         self.asked = time.monotonic() if asked is None else asked
+        self.background = background
         self.speaking_from: float | None = None  # when its first clause was written (+ TTS)
         self.words = 0.0  # written since, the first clause included
 
     @property
     def first_due(self) -> float:
-        return self.asked + FIRST_CLAUSE_WAIT
+        return NEVER if self.background else self.asked + FIRST_CLAUSE_WAIT
 
     def wrote(self, text: str, now: float | None = None) -> None:
         if self.speaking_from is None:
@@ -100,7 +86,7 @@ class Schedule:
     @property
     def next_due(self) -> float:
         """When the next clause is due: before the device has played everything written."""
-        if self.speaking_from is None:
+        if self.speaking_from is None or self.background:
             return self.first_due
         return self.speaking_from + self.words * WORD_SECONDS - NEXT_CLAUSE_SECONDS
 
@@ -131,14 +117,14 @@ class Turns:
             while True:
                 with self._cond:
                     while True:
+                        if cancel is not None and cancel.is_set():
+                            return False  # (a cancel wakes nobody: seen at the next wake-up or heartbeat)
                         if self._free and self._waiting[0] == key:
                             heapq.heappop(self._waiting)
                             self._free -= 1
                             taken = True
                             self._cond.notify_all()  # the next in line may have a free slot too
                             return True
-                        if cancel is not None and cancel.is_set():
-                            return False
                         remaining = HEARTBEAT_SECONDS - (time.monotonic() - last)
                         if remaining <= 0:
                             break
@@ -166,10 +152,19 @@ class Turns:
             return bool(self._waiting) and self._waiting[0][0] < due
 
     @contextmanager
-    def turn(self, due: float = NEVER) -> Iterator[None]:
-        """Hold a turn for a call that cannot yield heartbeats (a prefill, a warm-up)."""
-        for _ in self.wait(due):
-            pass
+    def turn(self, due: float = NEVER, timeout: float = TURN_TIMEOUT) -> Iterator[None]:
+        """Hold a turn for a call that cannot yield heartbeats (a prefill, a warm-up); ``TurnTimeout``
+        if none comes within ``timeout`` (such work is worth doing only while the model is idle)."""
+        gave_up = threading.Event()
+        timer = threading.Timer(timeout, gave_up.set)
+        timer.start()
+        try:
+            for _ in self.wait(due, gave_up):
+                pass
+        finally:
+            timer.cancel()
+        if gave_up.is_set():
+            raise TurnTimeout(f"no turn on the model within {timeout:g} s: replies kept it busy")
         try:
             yield
         finally:

@@ -26,7 +26,8 @@ from voice.providers.errors import LLMError
 from voice.providers.llm.tool_router import MAX_TOKENS as ROUTER_MAX_TOKENS
 from voice.providers.llm.tool_router import (ANSWER_START, aliases, candidates, chatml_prompt, digits, parse_decision,
                                              router_grammar, router_messages, settled)
-from voice.providers.llm.interleave import Schedule, Turns, clause_ended
+from voice.providers.llm.interleave import Schedule, Turns
+from voice.pipeline.sentences import SentenceSplitter
 from voice.providers.pool import ModelPool
 from voice.tools.model import ToolCall, describe_arguments
 
@@ -65,10 +66,7 @@ class SmolLM2LLM:
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         model_path: str | Path | None = None,
         n_ctx: int = 2048,
-        first_clause_max_words: int = 0,
     ):
-        """``first_clause_max_words``: where the turn cuts a long first clause without punctuation
-        (XIAOZHI_FIRST_CLAUSE_MAX_WORDS), so a reply can give its context up there."""
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -80,7 +78,6 @@ class SmolLM2LLM:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.system_prompt = system_prompt
-        self.first_clause_max_words = first_clause_max_words
         self._pool = ModelPool(
             lambda: Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False),
             pool_size,
@@ -105,16 +102,22 @@ class SmolLM2LLM:
                     llm.close()
 
     def stream(self, messages: Sequence[dict], cancel: threading.Event,
-               tools: Sequence[dict] | None = None, model: str | None = None) -> Iterator[str | ToolCall]:
+               tools: Sequence[dict] | None = None, model: str | None = None,
+               background: bool = False) -> Iterator[str | ToolCall]:
         """``model`` is ignored: this provider is the one bundled model. The reply takes turns on
         the contexts with the others being written (``interleave``): an empty delta is a heartbeat
-        while it waits for its turn."""
+        while it waits for its turn. ``background``: nobody waits for this text (a memory
+        summary), so every reply goes first."""
         if cancel.is_set():
             return
-        schedule = Schedule()
+        confirmation = confirm_tool_round(messages)
+        if confirmation:  # no model call
+            yield confirmation
+            return
+        schedule = Schedule(background=background)
         holding = yield from self._turns.wait(schedule.first_due, cancel, beat="")
         try:
-            if not holding:
+            if not holding or cancel.is_set():
                 return
             if tools and messages and messages[-1].get("role") == "user":
                 call = self.decide(messages[-1].get("content") or "", tools)
@@ -123,13 +126,10 @@ class SmolLM2LLM:
                     return
                 if cancel.is_set():
                     return
-            confirmation = confirm_tool_round(messages)
-            if confirmation:
-                yield confirmation
-                return
             prompt = chatml_prompt(plain_messages(messages), answer_start="")
-            written, left, first = "", self.max_tokens, True
-            since = ""  # the words since the last clause the turn will have cut
+            # Where the turn will cut a piece to speak: the same splitter, on the same words.
+            splitter = SentenceSplitter()
+            written, left = "", self.max_tokens
             while True:
                 with self._pool.borrow() as llm:
                     try:
@@ -146,13 +146,10 @@ class SmolLM2LLM:
                             if not piece:
                                 continue
                             written += piece
-                            since += piece
                             schedule.wrote(piece)
                             yield piece
-                            if clause_ended(since, first, self.first_clause_max_words):
-                                first, since = False, ""  # the turn speaks what came before
-                                if left > 0 and self._turns.wanted(schedule.next_due):
-                                    break  # a reply due sooner waits: hand the context over here
+                            if splitter.feed(piece) and left > 0 and self._turns.wanted(schedule.next_due):
+                                break  # a piece to speak, and a reply due sooner waits: hand the context over
                         else:
                             return  # the reply is complete
                     except ValueError as exc:
@@ -163,7 +160,7 @@ class SmolLM2LLM:
                 holding = False
                 self._turns.release(handed_over=True)
                 holding = yield from self._turns.wait(schedule.next_due, cancel, beat="")
-                if not holding:
+                if not holding or cancel.is_set():
                     return
         finally:
             if holding:
