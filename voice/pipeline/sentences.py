@@ -38,7 +38,7 @@ def clean_for_speech(text: str) -> str:
     return _SPACES.sub(" ", _MARKDOWN.sub(" ", strip_emoji(text))).strip()
 
 
-def _word_count(text: str) -> float:
+def word_count(text: str) -> float:
     """Words of ``text``: space-separated words, plus its Chinese/Japanese characters 1.5 a word."""
     cjk = len(_CJK.findall(text))
     return len(_CJK.sub(" ", text).split()) + cjk / CJK_CHARS_PER_WORD
@@ -91,14 +91,14 @@ class SentenceSplitter:
                 return self._past_closers(i + 1)
             if ch in _SOFT_ENDS:
                 least = self.first_clause_min_words if self._emitted == 0 else self.later_clause_min_words
-                if _word_count(text[:i]) >= least:
+                if word_count(text[:i]) >= least:
                     return self._past_closers(i + 1)
         if len(text) > self.max_chars:
             space = text.rfind(" ", 0, self.max_chars)
             return space if space > 0 else self.max_chars
         if self._emitted == 0 and self.first_clause_max_words:
             space = text.rstrip().rfind(" ")  # the words before it are complete; the last may not be
-            if space > 0 and _word_count(text[:space]) >= self.first_clause_max_words:
+            if space > 0 and word_count(text[:space]) >= self.first_clause_max_words:
                 return space
         return None
 

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from voice.providers.llm import interleave
-from voice.providers.llm.interleave import NEVER, Schedule, Turns, TurnTimeout, words
+from voice.pipeline.sentences import word_count as words
+from voice.providers.llm.interleave import NEVER, Schedule, Turns, TurnTimeout
 
 
 def test_words_count_chinese_characters_one_and_a_half_to_a_word():

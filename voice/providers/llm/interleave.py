@@ -30,11 +30,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import re
 import threading
 import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+
+from voice.pipeline.sentences import word_count
 
 NEVER = math.inf  # the due time of background work
 
@@ -55,14 +56,6 @@ TURN_TIMEOUT = 10.0  # how long background work waits for a turn before it is gi
 class TurnTimeout(Exception):
     pass
 
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")
-
-
-def words(text: str) -> float:
-    """Spoken words in ``text``: Chinese and Japanese characters count 1.5 to a word."""
-    cjk = len(_CJK.findall(text))
-    return len(_CJK.sub(" ", text).split()) + cjk / 1.5
-
 
 class Schedule:
     """One reply's deadlines (``time.monotonic()``), from when it asked and what it has written."""
@@ -81,7 +74,7 @@ class Schedule:
     def wrote(self, text: str, now: float | None = None) -> None:
         if self.speaking_from is None:
             self.speaking_from = (time.monotonic() if now is None else now) + SPEAKING_DELAY
-        self.words += words(text)
+        self.words += word_count(text)
 
     @property
     def next_due(self) -> float:
@@ -97,7 +90,6 @@ class Turns:
     def __init__(self, slots: int = 1):
         if slots < 1:
             raise ValueError(f"at least one slot, got {slots}")
-        self.slots = slots
         self._free = slots
         self._cond = threading.Condition()
         self._waiting: list[tuple[float, int]] = []  # heap of (due, ticket)
@@ -154,17 +146,14 @@ class Turns:
     @contextmanager
     def turn(self, due: float = NEVER, timeout: float = TURN_TIMEOUT) -> Iterator[None]:
         """Hold a turn for a call that cannot yield heartbeats (a prefill, a warm-up); ``TurnTimeout``
-        if none comes within ``timeout`` (such work is worth doing only while the model is idle)."""
-        gave_up = threading.Event()
-        timer = threading.Timer(timeout, gave_up.set)
-        timer.start()
-        try:
-            for _ in self.wait(due, gave_up):
-                pass
-        finally:
-            timer.cancel()
-        if gave_up.is_set():
-            raise TurnTimeout(f"no turn on the model within {timeout:g} s: replies kept it busy")
+        if none comes within ``timeout`` (checked at each heartbeat; such work is worth doing only while
+        the model is idle)."""
+        started = time.monotonic()
+        waiting = self.wait(due)
+        for _ in waiting:  # a heartbeat each HEARTBEAT_SECONDS: the time to check the clock
+            if time.monotonic() - started >= timeout:
+                waiting.close()  # gives the place up
+                raise TurnTimeout(f"no turn on the model within {timeout:g} s: replies kept it busy")
         try:
             yield
         finally:
