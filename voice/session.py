@@ -58,6 +58,7 @@ from voice.workers import ServiceBusy, ServiceTimeout
 from voice.workers import services as default_services
 from voice.workers.deadline_executor import FIRST
 from voice.workers.operations import pcm_bytes
+from voice.workers import vad_batcher
 from voice.workers.vad_batcher import hear
 
 log = logging.getLogger(__name__)
@@ -466,8 +467,9 @@ class VoiceSession:
         if self._turn_model is None:
             return None
         services = self.services or default_services()
-        return await services["vad"].run(self._turn_model.probability, utterance.pcm, owner=self.config.device_id,
-                                         deadline=FIRST)
+        async with vad_batcher.urgent():  # the listeners' cycles wait: this call gets the cores
+            return await services["vad"].run(self._turn_model.probability, utterance.pcm, owner=self.config.device_id,
+                                             deadline=FIRST)
 
     def _asr_has_room(self) -> bool:
         busy = (self.services or default_services())["asr"].occupancy()

@@ -3,6 +3,12 @@
 libopus is called through opuslib's ctypes bindings, but straight into reused numpy buffers:
 opuslib's high-level wrappers copy every frame through Python lists, which costs more than the
 codec itself at these frame sizes.
+
+The listener's decode (``OpusDecoder.decode_float``) asks libopus for float samples: two numpy steps
+fewer a packet (cast and scale), each of which, beside a busy event loop, may wait for the GIL. The
+call still releases the GIL, as ctypes calls do: a version that kept it made the VAD thread of the
+listeners' cycles hold the GIL against the hot lane, and the asking device's first audio came later
+(benchmarks/README.md, "The listeners step aside").
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import numpy as np
 import opuslib.api.ctl as opus_ctl
 import opuslib.api.decoder as opus_decoder
 import opuslib.api.encoder as opus_encoder
-from opuslib.api import c_int16_pointer
+from opuslib.api import c_float_pointer, c_int16_pointer
 from opuslib.constants import APPLICATION_AUDIO, APPLICATION_VOIP, SIGNAL_VOICE
 
 OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
@@ -43,6 +49,8 @@ class OpusDecoder:
         # Sized for the longest legal packet, so 20 ms and 60 ms frames both decode whole.
         self._buffer = np.zeros(self._max_samples * channels, dtype=np.int16)
         self._buffer_ptr = self._buffer.ctypes.data_as(c_int16_pointer)
+        self._float_buffer = np.zeros(self._max_samples * channels, dtype=np.float32)
+        self._float_buffer_ptr = self._float_buffer.ctypes.data_as(c_float_pointer)
         self._state = opus_decoder.create_state(sample_rate, channels)
 
     def decode(self, packet: bytes) -> np.ndarray:
@@ -57,6 +65,20 @@ class OpusDecoder:
         if samples:
             self._last_samples = samples
         out = self._buffer[: samples * self.channels].copy()
+        return out if self.channels == 1 else out.reshape(-1, self.channels)
+
+    def decode_float(self, packet: bytes) -> np.ndarray:
+        """``decode`` as float32 in [-1, 1] (mono)."""
+        samples = -1
+        if packet:
+            samples = opus_decoder.libopus_decode_float(
+                self._state, packet, len(packet), self._float_buffer_ptr, self._max_samples, 0)
+        if samples < 0:
+            return self._silence_for_error().astype(np.float32)
+        self._consecutive_errors = 0
+        if samples:
+            self._last_samples = samples
+        out = self._float_buffer[: samples * self.channels].copy()
         return out if self.channels == 1 else out.reshape(-1, self.channels)
 
     def _silence_for_error(self) -> np.ndarray:

@@ -197,7 +197,7 @@ class Listener:
             if len(packet) <= DTX_MAX_BYTES:
                 items.append((None, arrived, False))
                 continue
-            pcm = self.decoder.decode(packet).astype(np.float32) / 32768.0
+            pcm = self.decoder.decode_float(packet)
             scored = scoring and not (self.gate is not None and self.gate.quiet(rms(pcm), guarded))
             gated += scoring and not scored
             # Whether speech starts in this batch is known only after scoring: from its first
@@ -287,7 +287,7 @@ class Listener:
             if isinstance(item, bytes):
                 if side is None or previous != n - 1:
                     side = OpusDecoder(SAMPLE_RATE, 1)
-                out.append(side.decode(item).astype(np.float32) / 32768.0)
+                out.append(side.decode_float(item))
                 previous = n
             else:
                 out.append(item)

@@ -67,6 +67,19 @@ def test_a_corrupted_packet_becomes_silence_and_is_counted(bad):
     assert decoder.errors == 1
 
 
+def test_float_decoding_is_the_int16_decoding_scaled_and_fails_the_same_way():
+    """The listener decodes to float (voice/audio/opus.py): the same samples as int16 / 32768."""
+    packets = encode_all(voiced(16000, 0.5), 16000) + encode_all(voiced(16000, 0.1), 16000, frame_ms=20)
+    as_int, as_float = OpusDecoder(16000), OpusDecoder(16000)
+    for packet in packets:
+        expected = as_int.decode(packet).astype(np.float32) / 32768.0
+        got = as_float.decode_float(packet)
+        assert got.dtype == np.float32 and len(got) == len(expected)
+        assert np.abs(got - expected).max() <= 1 / 32768
+    bad = as_float.decode_float(b"\xff\xff\xff\xff")
+    assert bad.dtype == np.float32 and len(bad) == 320 and not bad.any() and as_float.errors == 1
+
+
 def test_silence_defaults_to_sixty_ms_before_any_good_packet():
     decoder = OpusDecoder(16000)
     assert len(decoder.decode(b"")) == 960

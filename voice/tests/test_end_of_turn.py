@@ -100,6 +100,27 @@ async def test_a_pause_that_sounds_and_reads_finished_is_answered_before_the_ful
         assert turn.asked == 1 and len(asr.heard) == 1
 
 
+async def test_the_end_of_turn_model_runs_as_urgent_work_the_listeners_step_aside_for():
+    from voice.workers import vad_batcher
+
+    counts: list[int] = []
+
+    class Watching(FakeTurn):
+        def probability(self, pcm):
+            counts.append(batcher.urgency.count)  # on the VAD thread, while the call runs
+            return super().probability(pcm)
+
+    asr = LengthASR(words="What is the capital of France?")
+    async with Conversation(asr=asr, turn=Watching(0.9), vad_silence_ms=5000, vad_pause_ms=200) as c:
+        batcher = vad_batcher.batcher()
+        await c.listen("start", "auto")
+        c.say(0.3, silence=0.6)
+        await c.until("stt")
+        await c.until("tts", "stop")
+        assert counts and all(count >= 1 for count in counts)
+        assert batcher.urgency.count == 0
+
+
 @pytest.mark.parametrize("probability, words", [
     (0.1, "What is the capital of France?"),  # sounds unfinished
     (0.9, "I would like to know"),  # sounds finished, but the words trail off

@@ -12,7 +12,7 @@ from voice import live_stats
 from voice.pipeline.energy_gate import GateSettings
 from voice.pipeline.listener import Listener, SpeechStarted, Utterance
 from voice.workers import ServiceBusy
-from voice.workers.vad_batcher import MIN_DECODED, VADBatcher, _run_on_vad_service
+from voice.workers.vad_batcher import MIN_DECODED, Urgency, VADBatcher, _run_on_vad_service, run_cycle
 
 QUESTION = "What is the capital of France?"
 
@@ -299,6 +299,80 @@ async def test_closing_the_batcher_fails_hot_lane_jobs_too(silero, say):
     for task in (noise, hot):
         with pytest.raises(ServiceBusy):
             await task
+
+
+# -- the listeners step aside for urgent work -------------------------------------------------------------------
+class RecordingUrgency(Urgency):
+    """Urgent work that never ends by itself: each step aside is recorded (with its budget) and
+    sleeps for real, but at most 2 ms, so the budget is what ends the stepping."""
+
+    def __init__(self, count: int = 1):
+        super().__init__()
+        self.count = count
+        self.budgets: list[float] = []
+
+    def step_aside(self, budget: float) -> float:
+        self.budgets.append(round(budget, 6))
+        return super().step_aside(min(budget, 0.002))
+
+
+@pytest.mark.models
+def test_a_listeners_cycle_steps_aside_before_noise_only_sessions_within_its_budget(silero, say):
+    speaking, rest = speaking_listener(silero, say)
+    quiet = [new_listener(silero) for _ in range(3)]
+    jobs = [(speaking, [(p, 0.0) for p in rest])] + [(q, [(p, 0.0) for p in room_noise(0.3, seed=50 + i)])
+                                                     for i, q in enumerate(quiet)]
+    urgency = RecordingUrgency()
+    results = run_cycle(jobs, 64, urgency=urgency, yield_for=0.003)
+    # Never before the session with speech in progress (it is the urgent work's own kind); before
+    # each noise-only session while budget is left: 2 ms, then the last 1 ms, then none.
+    assert urgency.budgets == [0.003, 0.001]
+    assert [e for e in results[0] if isinstance(e, Utterance)]  # nothing lost by stepping aside
+    assert all(not isinstance(r, Exception) for r in results)
+
+    calm = RecordingUrgency(count=0)  # no urgent work: no stepping aside at all
+    run_cycle([(q, [(p, 0.0) for p in room_noise(0.3, seed=60)]) for q in quiet], 64, urgency=calm, yield_for=0.2)
+    assert calm.budgets == []
+
+
+def test_stepping_aside_ends_when_the_urgent_work_does():
+    import threading
+
+    urgency = Urgency()
+    assert urgency.step_aside(5.0) == 0.0  # nothing urgent: back at once
+    urgency.count = 1
+    threading.Timer(0.05, lambda: setattr(urgency, "count", 0)).start()
+    assert 0 < urgency.step_aside(5.0) < 5.0  # back when the count fell, long before the budget
+
+
+@pytest.mark.models
+async def test_a_hot_lane_cycle_and_the_urgent_context_count_as_urgent_work(silero, say):
+    speaking, rest = speaking_listener(silero, say)
+    quiet = new_listener(silero)
+    seen: list = []
+    release = asyncio.Event()
+
+    async def dispatch(fn, jobs, max_batch, first=False):
+        seen.append(("hot" if first else "cycle", batcher.urgency.count, getattr(fn, "keywords", {})))
+        if not first:
+            await release.wait()
+        return await _run_on_vad_service(fn, jobs, max_batch, first=first)
+
+    batcher = VADBatcher(64, dispatch=dispatch, yield_for=0.2)
+    noise = asyncio.ensure_future(batcher.submit(quiet, [(p, 0.0) for p in room_noise(0.3, seed=70)]))
+    await asyncio.sleep(0.02)
+    await asyncio.wait_for(batcher.submit(speaking, [(p, 0.0) for p in rest]), 5)
+    # The ordinary cycle is told whom to step aside for; the hot cycle counted itself while it ran.
+    assert seen == [("cycle", 0, {"urgency": batcher.urgency, "yield_for": 0.2}), ("hot", 1, {})]
+    assert batcher.urgency.count == 0
+    with pytest.raises(RuntimeError):
+        async with batcher.urgent():
+            assert batcher.urgency.count == 1
+            raise RuntimeError("the urgent work failed")
+    assert batcher.urgency.count == 0  # counted down whatever happened
+    release.set()
+    await noise
+    await batcher.close()
 
 
 # -- the counts, where monitoring reads them -------------------------------------------------------------------------

@@ -21,6 +21,12 @@ listening, scoring each session's chunks on its own spends the VAD thread on per
   its own (the hot lane, on the VAD service's second thread, ahead of anything queued there). Waiting
   meant the rest of that cycle and then its own whole cycle, every batch, ~2 cycles of lag on the one
   session someone is talking to (``vad_hot_lane_jobs`` counts them).
+  Work a speaking user waits for comes first on the CPU and the GIL too. While it runs (a hot-lane
+  cycle, the end-of-turn model's call on a pause: ``urgent``), a cycle under way steps aside before
+  each noise-only session's packets, 0.5 ms at a time and at most ``XIAOZHI_VAD_YIELD_MS`` a cycle.
+  Without that, the listeners' cycle shares the 2 cores with that work, and every GIL hand-over
+  between the threads can wait a switch interval: the end-of-turn call ran ~1.5-2x slower at 400
+  listening devices. The listeners' packets only wait (``vad_yield_ms`` counts the time given up).
 * ``session``: one VAD-service call per session batch, one model run per chunk.
 * ``packet``: the naive baseline: one VAD-service call per packet, one model run per chunk.
 """
@@ -28,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
 import itertools
 import time
 import weakref
@@ -74,6 +82,16 @@ async def hear(listener: Listener, packets: list[tuple[bytes, float]], owner: st
     return events
 
 
+def urgent():
+    """A context for work a speaking user waits for (``VADBatcher.urgent``); nothing to hold back
+    when the sessions are not batched."""
+    from django.conf import settings
+
+    if settings.XIAOZHI_VAD_BATCHING == "cross_session":
+        return batcher().urgent()
+    return contextlib.nullcontext()
+
+
 def _vad_service() -> InProcessService:
     from voice.workers import services
 
@@ -86,13 +104,36 @@ async def _run_on_vad_service(fn, *args, first: bool = False):
 
 
 # -- one cycle, on the VAD thread ---------------------------------------------------------------------------
-def run_cycle(jobs: list[tuple], max_batch: int) -> list[Events | Exception]:
+class Urgency:
+    """How much work someone is waiting for is running now: counted on the event loop, read on
+    the VAD threads (an int read needs no lock)."""
+
+    STEP = 0.0005  # seconds a listeners' cycle sleeps at a time while urgent work runs
+
+    def __init__(self):
+        self.count = 0
+
+    def step_aside(self, budget: float) -> float:
+        """On a VAD thread: sleep (GIL and core free) while urgent work runs, up to ``budget``
+        seconds; returns the seconds given up."""
+        waited = 0.0
+        while self.count and waited < budget:
+            time.sleep(self.STEP)
+            waited += self.STEP
+        return waited
+
+
+def run_cycle(jobs: list[tuple], max_batch: int, urgency: Urgency | None = None, yield_for: float = 0.0) -> list[Events | Exception]:
     """Decode every job's packets, score all their chunks together, cut utterances. A job is
     ``(listener, packets)`` or ``(listener, packets, shed)``: ``shed`` are older packets of that
     session to keep undecoded (``Listener.shed``). A failure in one session's step is returned as
-    that job's result, so it cannot fail the others."""
+    that job's result, so it cannot fail the others. With ``urgency``, the cycle steps aside
+    before each noise-only session while urgent work runs, ``yield_for`` seconds at most."""
     decoded: list[DecodedBatch | Exception] = []
+    given_up = 0.0
     for listener, packets, *shed in jobs:
+        if urgency is not None and urgency.count and not listener.hot and given_up < yield_for:
+            given_up += urgency.step_aside(yield_for - given_up)
         try:
             if shed and shed[0]:
                 listener.shed(shed[0])
@@ -147,6 +188,8 @@ def run_cycle(jobs: list[tuple], max_batch: int) -> list[Events | Exception]:
     live_stats.incr("vad_model_runs", runs)
     live_stats.incr("vad_batch_cycles")
     live_stats.incr("vad_batch_sessions", len(jobs))
+    if given_up:
+        live_stats.observe("vad_yield_ms", given_up * 1000)
     return out
 
 
@@ -168,10 +211,11 @@ class VADBatcher:
 
     def __init__(self, max_batch: int, dispatch=_run_on_vad_service, max_waiting: int = MAX_WAITING_JOBS,
                  max_sessions_per_cycle: int = MAX_SESSIONS_PER_CYCLE, max_packets_per_cycle: int = MAX_PACKETS_PER_CYCLE,
-                 shed_after: float = 0.0, hot_lane: bool = True):
+                 shed_after: float = 0.0, hot_lane: bool = True, yield_for: float = 0.0):
         """``shed_after`` (seconds, 0: never shed): how long a noise-only session's packets may wait
         before all but its newest ``MIN_DECODED`` are shed. ``hot_lane``: whether a hot session's job
-        skips a cycle under way (module docstring)."""
+        skips a cycle under way (module docstring). ``yield_for`` (seconds, 0: never): how long a
+        cycle of noise-only sessions may wait for ``urgent`` work to end."""
         self.max_batch = max_batch
         self.shed_after = shed_after
         self.max_packets_per_cycle = max_packets_per_cycle
@@ -185,11 +229,23 @@ class VADBatcher:
         self._hot_task: asyncio.Task | None = None
         self._hot_cycle: list[_Job] = []
         self.hot_lane = hot_lane
+        self.yield_for = yield_for
+        self.urgency = Urgency()
         self.closed = False
 
     @property
     def waiting(self) -> int:
         return len(self._jobs) + len(self._hot)
+
+    @contextlib.asynccontextmanager
+    async def urgent(self):
+        """Around work a speaking user waits for: the listeners' cycles step aside meanwhile (for
+        at most ``yield_for`` each). Nested and concurrent uses count."""
+        self.urgency.count += 1
+        try:
+            yield
+        finally:
+            self.urgency.count -= 1
 
     async def submit(self, listener: Listener, packets: list[tuple[bytes, float]]) -> Events:
         if self.closed:
@@ -301,7 +357,12 @@ class VADBatcher:
     async def _run_one(self, cycle: list[_Job], first: bool = False) -> None:
         jobs = [(j.listener, j.packets, j.shed) for j in cycle]
         try:
-            results = await self._dispatch(run_cycle, jobs, self.max_batch, first=first)
+            if first:  # the hot lane: urgent itself
+                async with self.urgent():
+                    results = await self._dispatch(run_cycle, jobs, self.max_batch, first=True)
+            else:
+                step_aside = functools.partial(run_cycle, urgency=self.urgency, yield_for=self.yield_for)
+                results = await self._dispatch(step_aside, jobs, self.max_batch, first=False)
         except Exception as exc:  # noqa: BLE001 - busy or timed out: every session of the cycle hears it
             results = [exc] * len(cycle)
         for job, result in zip(cycle, results):
@@ -342,5 +403,5 @@ def batcher() -> VADBatcher:
     found = _batchers.get(loop)
     if found is None or found.closed:
         found = _batchers[loop] = VADBatcher(settings.XIAOZHI_VAD_MAX_BATCH, shed_after=settings.XIAOZHI_VAD_SHED_AFTER_MS / 1000,
-                                             hot_lane=settings.XIAOZHI_VAD_HOT_LANE)
+                                             hot_lane=settings.XIAOZHI_VAD_HOT_LANE, yield_for=settings.XIAOZHI_VAD_YIELD_MS / 1000)
     return found
