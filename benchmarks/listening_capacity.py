@@ -264,7 +264,7 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
             [sys.executable, __file__, "generate", "--ws", ws_url, "--devices", str(devices), "--duration", str(total),
              "--frames", str(frames_path)], stdout=subprocess.PIPE, cwd=ROOT)
         gen_process = psutil.Process(generator.pid)
-        asker, ask_lines, ask_buffer, counters_first, stages_last = None, [], "", None, {}
+        asker, ask_lines, ask_buffer, counters_first, counters_last, stages_last = None, [], "", None, {}, {}
         reports, polls = [], []
         os.set_blocking(generator.stdout.fileno(), False)
         client = httpx.Client(timeout=10)
@@ -319,6 +319,9 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
             if asker.returncode != 0:
                 raise RuntimeError(f"the asking device failed with exit code {asker.returncode}")
     step = summarise(mode, devices, args, reports, polls, streaming_at)
+    # The server's full garbage collections over the step (each stopped the process: voice/gc_watch.py)
+    step["gc"] = {"full_collections": counters_last.get("gc_collections_gen2", 0),
+                  "pause_ms": stages_last.get("gc_pause_ms")}
     if args.asking:
         step["asking"] = summarise_asking(ask_lines, counters_first or {}, counters_last, stages_last)
     return step

@@ -9,6 +9,7 @@ import collections
 import threading
 import time
 
+from voice import gc_watch
 from voice.percentile import percentiles
 from voice.pipeline.turn_row import TurnRow
 
@@ -39,6 +40,8 @@ _turn_times: collections.deque = collections.deque(maxlen=10000)  # monotonic en
 #   session's stale packets left undecoded under overload: vad_batcher.py), and audio_dropped_hot /
 #   audio_lost_hot (the part of audio_dropped / audio_lost that belonged to a session with speech in
 #   progress or just heard: what must stay 0).
+# The garbage collector (voice/gc_watch.py): sample gc_pause_ms (each full collection: the process stood
+#   still that long), counters gc_collections_gen0/1/2.
 
 
 def incr(name: str, amount: float = 1) -> None:
@@ -74,7 +77,12 @@ def turn_finished(row: TurnRow) -> None:
 def snapshot(window_seconds: float = 300.0) -> dict:
     """Counters, gauges, turns per minute and latency percentiles over the last ``window_seconds``."""
     now_wall, now = time.time(), time.monotonic()
+    collections_timed = gc_watch.drain()  # outside the lock: the collector's hook never takes it
     with _lock:
+        for at, generation, ms in collections_timed:
+            _counters[f"gc_collections_gen{generation}"] += 1
+            if generation == 2:
+                _samples["gc_pause_ms"].append((at, ms))
         counters = dict(_counters)
         gauges = dict(_gauges)
         recent = {name: [v for t, v in samples if now_wall - t <= window_seconds] for name, samples in _samples.items()}

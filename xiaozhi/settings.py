@@ -266,6 +266,9 @@ XIAOZHI_VAD_HOT_LANE = env_bool("XIAOZHI_VAD_HOT_LANE", True)
 # While work a speaking user waits for runs (a hot-lane VAD cycle, the end-of-turn model), the listeners'
 # VAD cycle steps aside, at most this long a cycle (0: never; voice/workers/vad_batcher.py).
 XIAOZHI_VAD_YIELD_MS = env_int("XIAOZHI_VAD_YIELD_MS", 200, 0, 2000)
+# After start-up (models loaded), everything made so far is frozen out of the garbage collector's full
+# collections (gc.freeze): they no longer stall the event loop walking it (xiaozhi/asgi.py).
+XIAOZHI_GC_FREEZE = env_bool("XIAOZHI_GC_FREEZE", True)
 XIAOZHI_HISTORY_TURNS = env_int("XIAOZHI_HISTORY_TURNS", 6, 0, 100)
 XIAOZHI_PACER_LEAD_FRAMES = env_int("XIAOZHI_PACER_LEAD_FRAMES", 2, 0, 10)
 # No persona name: "You are Xiaozhi" pulled the bundled 135M model into Chinese-flavoured stories on plain
