@@ -53,6 +53,7 @@ from voice.percentile import percentile  # noqa: E402  (after the path is set)
 from voice.pipeline.turn_row import MARKS  # noqa: E402
 
 FRAME_SECONDS = 0.06
+MAX_GAPS_KEPT = 20  # underruns listed with their place in the reply, per step
 SLOTS = 6  # devices are spread over six 10 ms phases of the 60 ms frame clock, as real devices are
 TEXT = ("The weather tomorrow will be mild with a light breeze from the west. In the afternoon clouds may gather "
         "over the hills, and by evening a little rain could fall in the valleys. Remember to bring a coat.")
@@ -193,6 +194,8 @@ async def ask(ws_url: str, frames_path: Path, wait: float, duration: float, gap:
         print(json.dumps({"event": "turn", "t": time.monotonic(), "ttfa_ms": result.first_audio_ms, "stt": result.stt,
                           "stt_ms": result.stt_ms, "audio_frames": len(arrivals), "stopped": result.stopped,
                           "underruns": playout.underruns, "underrun_seconds": round(playout.underrun_seconds, 3),
+                          # where each stutter was: seconds into the reply's audio, and how long
+                          "underrun_gaps": [[round(start - arrivals[0], 3), round(stop - start, 3)] for start, stop in playout.gaps],
                           "overflows": playout.overflows}), flush=True)
         await asyncio.sleep(gap)
     await device.close()
@@ -209,6 +212,7 @@ def summarise_asking(turns: list[dict], counters_first: dict, counters_last: dic
             "ttfa_ms": [round(x) for x in ttfa],
             "stt_ms": [round(t["stt_ms"]) for t in turns if t["stt_ms"] is not None],  # speech end -> transcript
             "underruns": sum(t["underruns"] for t in turns), "underrun_seconds": round(sum(t["underrun_seconds"] for t in turns), 3),
+            "underrun_gaps": [gap for t in turns for gap in t.get("underrun_gaps", [])][:MAX_GAPS_KEPT],
             "audio_lost_hot": delta("audio_lost_hot"), "audio_dropped_hot": delta("audio_dropped_hot"),
             "server_stage_ms_p50": {f"{mark}_ms": (stages or {}).get(f"{mark}_ms", {}).get("p50") for mark in MARKS}}
 
