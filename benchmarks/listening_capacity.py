@@ -324,8 +324,8 @@ def run_step(mode: str, devices: int, args, frames_path: Path) -> dict:
                 raise RuntimeError(f"the asking device failed with exit code {asker.returncode}")
     step = summarise(mode, devices, args, reports, polls, streaming_at)
     # The server's full garbage collections over the step (each stopped the process: voice/gc_watch.py)
-    step["gc"] = {"full_collections": counters_last.get("gc_collections_gen2", 0),
-                  "pause_ms": stages_last.get("gc_pause_ms")}
+    step["gc"] = {"full_collections": counters_last.get("gc_collections_gen2", 0) - (counters_first or {}).get("gc_collections_gen2", 0),
+                  "pause_ms": stages_last.get("gc_pause_ms")}  # pauses: since the server started (its 300 s window)
     if args.asking:
         step["asking"] = summarise_asking(ask_lines, counters_first or {}, counters_last, stages_last)
     return step

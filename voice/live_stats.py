@@ -77,12 +77,13 @@ def turn_finished(row: TurnRow) -> None:
 def snapshot(window_seconds: float = 300.0) -> dict:
     """Counters, gauges, turns per minute and latency percentiles over the last ``window_seconds``."""
     now_wall, now = time.time(), time.monotonic()
-    collections_timed = gc_watch.drain()  # outside the lock: the collector's hook never takes it
+    collected, full_pauses = gc_watch.drain()  # taken outside the lock: the collector's hook never takes it
     with _lock:
-        for at, generation, ms in collections_timed:
-            _counters[f"gc_collections_gen{generation}"] += 1
-            if generation == 2:
-                _samples["gc_pause_ms"].append((at, ms))
+        for generation, count in enumerate(collected):
+            if count:
+                _counters[f"gc_collections_gen{generation}"] += count
+        for at, ms in full_pauses:
+            _samples["gc_pause_ms"].append((at, ms))
         counters = dict(_counters)
         gauges = dict(_gauges)
         recent = {name: [v for t, v in samples if now_wall - t <= window_seconds] for name, samples in _samples.items()}

@@ -467,9 +467,9 @@ class VoiceSession:
         if self._turn_model is None:
             return None
         services = self.services or default_services()
-        async with vad_batcher.urgent():  # the listeners' cycles wait: this call gets the cores
-            return await services["vad"].run(self._turn_model.probability, utterance.pcm, owner=self.config.device_id,
-                                             deadline=FIRST)
+        # Urgent: while it runs the listeners' VAD cycles step aside, so it gets the cores and the GIL.
+        return await services["vad"].run(vad_batcher.urgent(self._turn_model.probability), utterance.pcm,
+                                         owner=self.config.device_id, deadline=FIRST)
 
     def _asr_has_room(self) -> bool:
         busy = (self.services or default_services())["asr"].occupancy()

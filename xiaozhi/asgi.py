@@ -40,13 +40,13 @@ import gc  # noqa: E402
 
 from voice import gc_watch  # noqa: E402
 
-gc_watch.install()
 if settings.XIAOZHI_GC_FREEZE:
     # What start-up made (Django, the models' Python objects: ~120 000) lives as long as the process:
     # moved out of the collector's sight, a full collection no longer walks it (64 ms -> ~0 measured
     # at start-up), and the event loop no longer stands still that long under load.
     gc.collect()
     gc.freeze()
+gc_watch.install()  # after the start-up collection: what it counts is serving's
 
 # Metric snapshots and alert evaluation on the embedded default (Celery beat does it with Redis).
 from monitoring.scheduler import start_if_configured  # noqa: E402

@@ -265,7 +265,7 @@ XIAOZHI_VAD_SHED_AFTER_MS = env_int("XIAOZHI_VAD_SHED_AFTER_MS", 240, 0, 60000)
 XIAOZHI_VAD_HOT_LANE = env_bool("XIAOZHI_VAD_HOT_LANE", True)
 # While work a speaking user waits for runs (a hot-lane VAD cycle, the end-of-turn model), the listeners'
 # VAD cycle steps aside, at most this long a cycle (0: never; voice/workers/vad_batcher.py).
-XIAOZHI_VAD_YIELD_MS = env_int("XIAOZHI_VAD_YIELD_MS", 200, 0, 2000)
+XIAOZHI_VAD_YIELD_MS = env_int("XIAOZHI_VAD_YIELD_MS", 200, 0, 500)  # well under the VAD timeout (2 s)
 # After start-up (models loaded), everything made so far is frozen out of the garbage collector's full
 # collections (gc.freeze): they no longer stall the event loop walking it (xiaozhi/asgi.py).
 XIAOZHI_GC_FREEZE = env_bool("XIAOZHI_GC_FREEZE", True)

@@ -68,7 +68,7 @@ class OpusDecoder:
         return out if self.channels == 1 else out.reshape(-1, self.channels)
 
     def decode_float(self, packet: bytes) -> np.ndarray:
-        """``decode`` as float32 in [-1, 1] (mono)."""
+        """``decode`` as float32, full scale 1.0 (libopus does not clip float output)."""
         samples = -1
         if packet:
             samples = opus_decoder.libopus_decode_float(

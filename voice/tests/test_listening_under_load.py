@@ -303,8 +303,8 @@ async def test_closing_the_batcher_fails_hot_lane_jobs_too(silero, say):
 
 # -- the listeners step aside for urgent work -------------------------------------------------------------------
 class RecordingUrgency(Urgency):
-    """Urgent work that never ends by itself: each step aside is recorded (with its budget) and
-    sleeps for real, but at most 2 ms, so the budget is what ends the stepping."""
+    """Urgent work that never ends by itself: each step aside is recorded (with the budget left)
+    and sleeps for real, but at most 2 ms, so the budget is what ends the stepping."""
 
     def __init__(self, count: int = 1):
         super().__init__()
@@ -312,48 +312,70 @@ class RecordingUrgency(Urgency):
         self.budgets: list[float] = []
 
     def step_aside(self, budget: float) -> float:
-        self.budgets.append(round(budget, 6))
+        self.budgets.append(budget)
         return super().step_aside(min(budget, 0.002))
 
 
 @pytest.mark.models
-def test_a_listeners_cycle_steps_aside_before_noise_only_sessions_within_its_budget(silero, say):
-    speaking, rest = speaking_listener(silero, say)
+def test_a_cycle_of_noise_only_sessions_steps_aside_within_its_budget_one_with_speech_never(silero, say):
     quiet = [new_listener(silero) for _ in range(3)]
-    jobs = [(speaking, [(p, 0.0) for p in rest])] + [(q, [(p, 0.0) for p in room_noise(0.3, seed=50 + i)])
-                                                     for i, q in enumerate(quiet)]
     urgency = RecordingUrgency()
-    results = run_cycle(jobs, 64, urgency=urgency, yield_for=0.003)
-    # Never before the session with speech in progress (it is the urgent work's own kind); before
-    # each noise-only session while budget is left: 2 ms, then the last 1 ms, then none.
-    assert urgency.budgets == [0.003, 0.001]
-    assert [e for e in results[0] if isinstance(e, Utterance)]  # nothing lost by stepping aside
+    results = run_cycle([(q, [(p, 0.0) for p in room_noise(0.3, seed=50 + i)]) for i, q in enumerate(quiet)], 64,
+                        urgency=urgency, yield_for=0.003)
+    # Before the first session with the whole budget, then with what is left (the clock's), until spent.
+    assert urgency.budgets[0] == 0.003 and 1 <= len(urgency.budgets) <= 3
+    assert all(later < earlier for earlier, later in zip(urgency.budgets, urgency.budgets[1:]))
     assert all(not isinstance(r, Exception) for r in results)
 
+    # A cycle holding a session with speech in progress: every result waits for the cycle's end, so
+    # it never steps aside, and the speech is heard.
+    speaking, rest = speaking_listener(silero, say)
+    held = RecordingUrgency()
+    results = run_cycle([(speaking, [(p, 0.0) for p in rest])] + [(q, [(p, 0.0) for p in room_noise(0.3, seed=60)])
+                                                                  for q in quiet], 64, urgency=held, yield_for=0.2)
+    assert held.budgets == []
+    assert [e for e in results[0] if isinstance(e, Utterance)]
+
     calm = RecordingUrgency(count=0)  # no urgent work: no stepping aside at all
-    run_cycle([(q, [(p, 0.0) for p in room_noise(0.3, seed=60)]) for q in quiet], 64, urgency=calm, yield_for=0.2)
+    run_cycle([(q, [(p, 0.0) for p in room_noise(0.3, seed=61)]) for q in quiet], 64, urgency=calm, yield_for=0.2)
     assert calm.budgets == []
 
 
-def test_stepping_aside_ends_when_the_urgent_work_does():
+def test_stepping_aside_ends_when_the_urgent_work_does_or_its_budget_is_spent():
     import threading
 
     urgency = Urgency()
-    assert urgency.step_aside(5.0) == 0.0  # nothing urgent: back at once
+    assert urgency.step_aside(5.0) < 0.001  # nothing urgent: back at once
     urgency.count = 1
     threading.Timer(0.05, lambda: setattr(urgency, "count", 0)).start()
     assert 0 < urgency.step_aside(5.0) < 5.0  # back when the count fell, long before the budget
+    urgency.count = 1  # never falls: the budget, measured by the clock, ends it
+    assert 0.05 <= urgency.step_aside(0.05) < 1.0
+
+
+def test_urgent_work_is_counted_while_it_runs_whatever_happens():
+    urgency = Urgency()
+    assert urgency.wrap(lambda: urgency.count)() == 1
+    assert urgency.wrap(urgency.wrap(lambda: urgency.count))() == 2  # nested
+    assert urgency.count == 0
+
+    def failing():
+        raise RuntimeError("the urgent work failed")
+
+    with pytest.raises(RuntimeError):
+        urgency.wrap(failing)()
+    assert urgency.count == 0
 
 
 @pytest.mark.models
-async def test_a_hot_lane_cycle_and_the_urgent_context_count_as_urgent_work(silero, say):
+async def test_a_hot_lane_cycle_is_urgent_work_and_the_ordinary_one_steps_aside_for_it(silero, say):
     speaking, rest = speaking_listener(silero, say)
     quiet = new_listener(silero)
     seen: list = []
     release = asyncio.Event()
 
     async def dispatch(fn, jobs, max_batch, first=False):
-        seen.append(("hot" if first else "cycle", batcher.urgency.count, getattr(fn, "keywords", {})))
+        seen.append(("hot" if first else "cycle", fn))
         if not first:
             await release.wait()
         return await _run_on_vad_service(fn, jobs, max_batch, first=first)
@@ -362,14 +384,10 @@ async def test_a_hot_lane_cycle_and_the_urgent_context_count_as_urgent_work(sile
     noise = asyncio.ensure_future(batcher.submit(quiet, [(p, 0.0) for p in room_noise(0.3, seed=70)]))
     await asyncio.sleep(0.02)
     await asyncio.wait_for(batcher.submit(speaking, [(p, 0.0) for p in rest]), 5)
-    # The ordinary cycle is told whom to step aside for; the hot cycle counted itself while it ran.
-    assert seen == [("cycle", 0, {"urgency": batcher.urgency, "yield_for": 0.2}), ("hot", 1, {})]
+    (_, ordinary), (_, hot) = seen
+    assert ordinary.func is run_cycle and ordinary.keywords == {"urgency": batcher.urgency, "yield_for": 0.2}
+    assert hot.func == batcher.urgency._run and hot.args == (run_cycle,)  # counted while it runs
     assert batcher.urgency.count == 0
-    with pytest.raises(RuntimeError):
-        async with batcher.urgent():
-            assert batcher.urgency.count == 1
-            raise RuntimeError("the urgent work failed")
-    assert batcher.urgency.count == 0  # counted down whatever happened
     release.set()
     await noise
     await batcher.close()

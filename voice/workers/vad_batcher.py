@@ -21,12 +21,13 @@ listening, scoring each session's chunks on its own spends the VAD thread on per
   its own (the hot lane, on the VAD service's second thread, ahead of anything queued there). Waiting
   meant the rest of that cycle and then its own whole cycle, every batch, ~2 cycles of lag on the one
   session someone is talking to (``vad_hot_lane_jobs`` counts them).
-  Work a speaking user waits for comes first on the CPU and the GIL too. While it runs (a hot-lane
-  cycle, the end-of-turn model's call on a pause: ``urgent``), a cycle under way steps aside before
-  each noise-only session's packets, 0.5 ms at a time and at most ``XIAOZHI_VAD_YIELD_MS`` a cycle.
-  Without that, the listeners' cycle shares the 2 cores with that work, and every GIL hand-over
-  between the threads can wait a switch interval: the end-of-turn call ran ~1.5-2x slower at 400
-  listening devices. The listeners' packets only wait (``vad_yield_ms`` counts the time given up).
+  Work a speaking user waits for comes first on the CPU and the GIL too. While it runs on a VAD
+  thread (a hot-lane cycle, the end-of-turn model's call on a pause: ``urgent``), a cycle of
+  noise-only sessions under way sleeps before each of them, 0.5 ms at a time and at most
+  ``XIAOZHI_VAD_YIELD_MS`` of the clock a cycle (a cycle holding a session with speech in progress
+  never does). Without that, the listeners' cycle shares the 2 cores with that work, and every GIL
+  hand-over between the threads can wait a switch interval: the end-of-turn call ran ~1.5-2x slower
+  at 400 listening devices. The listeners' packets only wait (``vad_yield_ms``: the time given up).
 * ``session``: one VAD-service call per session batch, one model run per chunk.
 * ``packet``: the naive baseline: one VAD-service call per packet, one model run per chunk.
 """
@@ -34,9 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import itertools
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -82,14 +83,14 @@ async def hear(listener: Listener, packets: list[tuple[bytes, float]], owner: st
     return events
 
 
-def urgent():
-    """A context for work a speaking user waits for (``VADBatcher.urgent``); nothing to hold back
-    when the sessions are not batched."""
+def urgent(fn):
+    """``fn`` as work a speaking user waits for (``Urgency.wrap``), to run on the VAD service: the
+    listeners' cycles step aside while it runs. Unchanged when the sessions are not batched."""
     from django.conf import settings
 
     if settings.XIAOZHI_VAD_BATCHING == "cross_session":
-        return batcher().urgent()
-    return contextlib.nullcontext()
+        return batcher().urgency.wrap(fn)
+    return fn
 
 
 def _vad_service() -> InProcessService:
@@ -105,34 +106,54 @@ async def _run_on_vad_service(fn, *args, first: bool = False):
 
 # -- one cycle, on the VAD thread ---------------------------------------------------------------------------
 class Urgency:
-    """How much work someone is waiting for is running now: counted on the event loop, read on
-    the VAD threads (an int read needs no lock)."""
+    """How much work someone is waiting for is running now on the VAD threads: counted where it
+    runs (``wrap``, under a lock), read by the listeners' cycles without one (an int read). Counted
+    only while running, not while queued: with one VAD thread, queued urgent work would otherwise
+    wait behind a cycle that steps aside for it."""
 
     STEP = 0.0005  # seconds a listeners' cycle sleeps at a time while urgent work runs
 
     def __init__(self):
         self.count = 0
+        self._lock = threading.Lock()
+
+    def wrap(self, fn):
+        """``fn`` as urgent work: counted while it runs (on whatever thread runs it)."""
+        return functools.partial(self._run, fn)
+
+    def _run(self, fn, *args, **kwargs):
+        with self._lock:
+            self.count += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.count -= 1
 
     def step_aside(self, budget: float) -> float:
         """On a VAD thread: sleep (GIL and core free) while urgent work runs, up to ``budget``
-        seconds; returns the seconds given up."""
-        waited = 0.0
-        while self.count and waited < budget:
+        seconds of the clock (each sleep may overrun: the GIL is taken back after it); returns the
+        seconds given up."""
+        started = time.monotonic()
+        deadline = started + budget
+        while self.count and time.monotonic() < deadline:
             time.sleep(self.STEP)
-            waited += self.STEP
-        return waited
+        return time.monotonic() - started
 
 
 def run_cycle(jobs: list[tuple], max_batch: int, urgency: Urgency | None = None, yield_for: float = 0.0) -> list[Events | Exception]:
     """Decode every job's packets, score all their chunks together, cut utterances. A job is
     ``(listener, packets)`` or ``(listener, packets, shed)``: ``shed`` are older packets of that
     session to keep undecoded (``Listener.shed``). A failure in one session's step is returned as
-    that job's result, so it cannot fail the others. With ``urgency``, the cycle steps aside
-    before each noise-only session while urgent work runs, ``yield_for`` seconds at most."""
+    that job's result, so it cannot fail the others. With ``urgency``, a cycle of noise-only
+    sessions steps aside before each of them while urgent work runs, ``yield_for`` seconds at most
+    (never a cycle holding a session with speech in progress: all its results wait for the end)."""
     decoded: list[DecodedBatch | Exception] = []
     given_up = 0.0
+    if urgency is not None and any(job[0].hot for job in jobs):
+        yield_for = 0.0
     for listener, packets, *shed in jobs:
-        if urgency is not None and urgency.count and not listener.hot and given_up < yield_for:
+        if urgency is not None and urgency.count and given_up < yield_for:
             given_up += urgency.step_aside(yield_for - given_up)
         try:
             if shed and shed[0]:
@@ -236,16 +257,6 @@ class VADBatcher:
     @property
     def waiting(self) -> int:
         return len(self._jobs) + len(self._hot)
-
-    @contextlib.asynccontextmanager
-    async def urgent(self):
-        """Around work a speaking user waits for: the listeners' cycles step aside meanwhile (for
-        at most ``yield_for`` each). Nested and concurrent uses count."""
-        self.urgency.count += 1
-        try:
-            yield
-        finally:
-            self.urgency.count -= 1
 
     async def submit(self, listener: Listener, packets: list[tuple[bytes, float]]) -> Events:
         if self.closed:
@@ -358,8 +369,7 @@ class VADBatcher:
         jobs = [(j.listener, j.packets, j.shed) for j in cycle]
         try:
             if first:  # the hot lane: urgent itself
-                async with self.urgent():
-                    results = await self._dispatch(run_cycle, jobs, self.max_batch, first=True)
+                results = await self._dispatch(self.urgency.wrap(run_cycle), jobs, self.max_batch, first=True)
             else:
                 step_aside = functools.partial(run_cycle, urgency=self.urgency, yield_for=self.yield_for)
                 results = await self._dispatch(step_aside, jobs, self.max_batch, first=False)
