@@ -317,7 +317,7 @@ class RecordingUrgency(Urgency):
 
 
 @pytest.mark.models
-def test_a_cycle_of_noise_only_sessions_steps_aside_within_its_budget_one_with_speech_never(silero, say):
+def test_a_listeners_cycle_steps_aside_before_noise_only_sessions_within_its_budget(silero, say):
     quiet = [new_listener(silero) for _ in range(3)]
     urgency = RecordingUrgency()
     results = run_cycle([(q, [(p, 0.0) for p in room_noise(0.3, seed=50 + i)]) for i, q in enumerate(quiet)], 64,
@@ -327,13 +327,21 @@ def test_a_cycle_of_noise_only_sessions_steps_aside_within_its_budget_one_with_s
     assert all(later < earlier for earlier, later in zip(urgency.budgets, urgency.budgets[1:]))
     assert all(not isinstance(r, Exception) for r in results)
 
-    # A cycle holding a session with speech in progress: every result waits for the cycle's end, so
-    # it never steps aside, and the speech is heard.
+    # Never before a session with speech in progress (hot sessions enter a cycle first), and its
+    # speech is heard whole.
     speaking, rest = speaking_listener(silero, say)
-    held = RecordingUrgency()
-    results = run_cycle([(speaking, [(p, 0.0) for p in rest])] + [(q, [(p, 0.0) for p in room_noise(0.3, seed=60)])
-                                                                  for q in quiet], 64, urgency=held, yield_for=0.2)
-    assert held.budgets == []
+    order: list[str] = []
+    decode = speaking.decode
+    speaking.decode = lambda packets: (order.append("speaking decoded"), decode(packets))[1]
+
+    class Ordering(RecordingUrgency):
+        def step_aside(self, budget):
+            order.append("step aside")
+            return super().step_aside(budget)
+
+    jobs = [(speaking, [(p, 0.0) for p in rest])] + [(q, [(p, 0.0) for p in room_noise(0.3, seed=60)]) for q in quiet]
+    results = run_cycle(jobs, 64, urgency=Ordering(), yield_for=0.003)
+    assert order[0] == "speaking decoded" and "step aside" in order[1:]
     assert [e for e in results[0] if isinstance(e, Utterance)]
 
     calm = RecordingUrgency(count=0)  # no urgent work: no stepping aside at all
