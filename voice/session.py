@@ -54,11 +54,10 @@ from voice.protocol import (
 from voice.providers import registry
 from voice.tools.model import Tool, ToolResult
 from voice.watchdogs import IdleWatch, watch_hello
-from voice.workers import ServiceBusy, ServiceTimeout
+from voice.workers import ServiceBusy, ServiceTimeout, vad_batcher
 from voice.workers import services as default_services
 from voice.workers.deadline_executor import FIRST
 from voice.workers.operations import pcm_bytes
-from voice.workers import vad_batcher
 from voice.workers.vad_batcher import hear
 
 log = logging.getLogger(__name__)

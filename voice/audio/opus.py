@@ -46,40 +46,39 @@ class OpusDecoder:
         self._consecutive_errors = 0
         self._max_samples = sample_rate * MAX_FRAME_MS // 1000
         self._last_samples = sample_rate * 60 // 1000
-        # Sized for the longest legal packet, so 20 ms and 60 ms frames both decode whole.
-        self._buffer = np.zeros(self._max_samples * channels, dtype=np.int16)
-        self._buffer_ptr = self._buffer.ctypes.data_as(c_int16_pointer)
-        self._float_buffer = np.zeros(self._max_samples * channels, dtype=np.float32)
-        self._float_buffer_ptr = self._float_buffer.ctypes.data_as(c_float_pointer)
+        # One output buffer per sample format, made on first use (a listener only ever decodes to
+        # float: the int16 one would be ~4 KB per connection for nothing).
+        self._buffers: dict[type, tuple[np.ndarray, object]] = {}
         self._state = opus_decoder.create_state(sample_rate, channels)
 
     def decode(self, packet: bytes) -> np.ndarray:
-        samples = -1
-        if packet:
-            samples = opus_decoder.libopus_decode(
-                self._state, packet, len(packet), self._buffer_ptr, self._max_samples, 0
-            )
-        if samples < 0:
-            return self._silence_for_error()
-        self._consecutive_errors = 0
-        if samples:
-            self._last_samples = samples
-        out = self._buffer[: samples * self.channels].copy()
-        return out if self.channels == 1 else out.reshape(-1, self.channels)
+        return self._decode(packet, np.int16)
 
     def decode_float(self, packet: bytes) -> np.ndarray:
         """``decode`` as float32, full scale 1.0 (libopus does not clip float output)."""
+        return self._decode(packet, np.float32)
+
+    def _decode(self, packet: bytes, dtype: type) -> np.ndarray:
+        buffer, pointer = self._buffer(dtype)
         samples = -1
         if packet:
-            samples = opus_decoder.libopus_decode_float(
-                self._state, packet, len(packet), self._float_buffer_ptr, self._max_samples, 0)
+            call = opus_decoder.libopus_decode if dtype is np.int16 else opus_decoder.libopus_decode_float
+            samples = call(self._state, packet, len(packet), pointer, self._max_samples, 0)
         if samples < 0:
-            return self._silence_for_error().astype(np.float32)
+            return self._silence_for_error().astype(dtype, copy=False)
         self._consecutive_errors = 0
         if samples:
             self._last_samples = samples
-        out = self._float_buffer[: samples * self.channels].copy()
+        out = buffer[: samples * self.channels].copy()
         return out if self.channels == 1 else out.reshape(-1, self.channels)
+
+    def _buffer(self, dtype: type) -> tuple[np.ndarray, object]:
+        """Sized for the longest legal packet, so 20 ms and 60 ms frames both decode whole."""
+        found = self._buffers.get(dtype)
+        if found is None:
+            buffer = np.zeros(self._max_samples * self.channels, dtype=dtype)
+            found = self._buffers[dtype] = (buffer, buffer.ctypes.data_as(c_int16_pointer if dtype is np.int16 else c_float_pointer))
+        return found
 
     def _silence_for_error(self) -> np.ndarray:
         self.errors += 1
